@@ -64,7 +64,10 @@ def _as_float_tensor(sim: ArrayLike) -> torch.Tensor:
 
 
 def _nan_to_neg_inf(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x)
+    nan = torch.isnan(x)
+    if not bool(nan.any()):  # the common case; avoids a full copy
+        return x
+    return x.masked_fill(nan, float("-inf"))
 
 
 def _as_index(query_to_video, num_queries: int, num_videos: int, device) -> torch.Tensor:
@@ -99,7 +102,7 @@ def t2v_ranks(sim: ArrayLike, query_to_video) -> torch.Tensor:
         rows = torch.arange(block.shape[0], device=sim.device)
         gt = block[rows, q2v[start:start + step]]  # b
         # The GT column always satisfies gt >= gt (also at -inf), so the count is already 1 + others.
-        ranks[start:start + step] = (block >= gt[:, None]).sum(dim=1)
+        ranks[start:start + step] = torch.count_nonzero(block >= gt[:, None], dim=1)
     return ranks.cpu()
 
 
@@ -135,7 +138,7 @@ def v2t_ranks(sim: ArrayLike, query_to_video) -> torch.Tensor:
     count_all = torch.zeros(nv, dtype=torch.long, device=dev)
     for start in range(0, nq, step):
         block = _nan_to_neg_inf(sim[start:start + step])  # b x Nv
-        count_all += (block >= best[None, :]).sum(dim=0)
+        count_all += torch.count_nonzero(block >= best[None, :], dim=0)
     # Correct captions at or above the best GT score (at least the best one itself).
     count_gt = torch.zeros(nv, dtype=torch.long, device=dev)
     count_gt.scatter_add_(0, q2v, (gt_scores >= best[q2v]).long())
