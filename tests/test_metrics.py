@@ -204,6 +204,19 @@ def test_dual_softmax_formula_and_effect():
         dual_softmax_rerank(big, temperature=0)
 
 
+def test_dual_softmax_v2t_direction():
+    sim = torch.randn(7, 5)
+    out = dual_softmax_rerank(sim, dim=1)
+    assert out.shape == (7, 5)
+    assert torch.allclose(out, sim * torch.softmax(sim / 0.01, dim=1) * 5)
+    assert torch.allclose(out, dual_softmax_rerank(sim.T).T)
+    # All -inf column (an undecodable video) -> NaN -> worst rank for that video's queries.
+    sim[:, 2] = float("-inf")
+    assert torch.isnan(dual_softmax_rerank(sim)[:, 2]).all()
+    ranks = t2v_ranks(dual_softmax_rerank(sim), [0, 1, 2, 3, 4, 2, 2])
+    assert ranks[2] == ranks[5] == ranks[6] == 5
+
+
 def test_dual_softmax_chunked(monkeypatch):
     import tvr.utils.metrics as metrics_mod
     big = torch.randn(9, 14)

@@ -204,31 +204,42 @@ def v2t_metrics(sim: ArrayLike, query_to_video) -> Dict[str, float]:
     return metrics_from_ranks(ranks[valid])
 
 
-def dual_softmax_rerank(sim: ArrayLike, temperature: float = 0.01) -> ArrayLike:
+def dual_softmax_rerank(sim: ArrayLike, temperature: float = 0.01, dim: int = 0) -> ArrayLike:
     """Dual-softmax (DSL) inference re-ranking of CAMoE (Cheng et al., 2021), DRL's ``--dsl``.
 
-        out = sim * softmax(sim / temperature, dim=0) * N        (N = number of rows)
+        out = sim * softmax(sim / temperature, dim=dim) * sim.shape[dim]
 
-    Rows are queries: the prior ``softmax(..., dim=0)`` normalises each candidate's column over all
-    queries, so a candidate that scores highly for many queries is damped and each query's row is
-    then re-ranked.  ``temperature`` divides the scores (0.01 = CLIP's logit scale 100; our scores
-    are sums of cosine similarities, so a temperature of 1 would make the prior nearly uniform).
-    The factor N only keeps magnitudes comparable to ``sim``; it never changes a ranking.
-    For video-to-text re-rank the transpose: ``dual_softmax_rerank(sim.T)``.  Note that DSL uses the
-    whole query set, so results are transductive and not comparable with plain retrieval numbers.
-    Returns the same type as given (numpy array or tensor), float32 (float64 kept).
+    ``sim`` is the Nq x Nv text-to-video matrix.  ``dim=0`` (text-to-video): the prior normalises
+    each video's column over all texts, so a "hub" video that scores highly for many texts is
+    damped before each text's row is ranked.  ``dim=1`` (video-to-text): the prior normalises each
+    text's row over all videos; pass the result, still Nq x Nv, to :func:`v2t_metrics`.  (This
+    equals re-ranking the transposed matrix with dim=0, as DRL-style code does with ``sim.T``.)
+    ``temperature`` divides the scores (0.01 = CLIP's logit scale 100; our scores are sums of
+    cosine similarities, so a temperature of 1 would make the prior nearly uniform).  The factor
+    ``sim.shape[dim]`` only keeps magnitudes comparable to ``sim``; it never changes a ranking.
+    A column (row for dim=1) that is entirely -inf or NaN becomes NaN, which the metrics here count
+    as the worst score.  DSL uses the whole query set, so results are transductive and not
+    comparable with plain retrieval numbers.
+    Returns the same type as given (numpy array or tensor); float32, or float64 when given float64.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if dim not in (0, 1, -1, -2):
+        raise ValueError(f"dim must be 0 or 1, got {dim}")
+    dim = dim % 2
     was_numpy = isinstance(sim, np.ndarray)
-    s = _as_float_tensor(sim)  # N x M
+    s = _as_float_tensor(sim)  # Nq x Nv
+    if dim == 1:
+        s = s.t()  # softmax over videos == column softmax of the transpose
     n, m = s.shape
     out = torch.empty_like(s)
-    step = _row_chunk(n)  # columns per chunk: softmax runs over full columns
+    step = _row_chunk(n)  # columns per chunk: the softmax runs over whole columns
     for start in range(0, m, step):
         cols = s[:, start:start + step]
         prior = torch.softmax(cols / temperature, dim=0)
         out[:, start:start + step] = cols * prior * n
+    if dim == 1:
+        out = out.t().contiguous()
     return out.cpu().numpy() if was_numpy else out
 
 
