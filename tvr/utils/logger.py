@@ -1,0 +1,99 @@
+"""Logging setup for training/evaluation runs.
+
+Rank 0 logs INFO and above to the console and to ``output_dir/log.txt`` (appended, so a resumed
+run continues the same file); other ranks log only WARNING and above, to the console, so a
+multi-process run prints each progress line once.  Library modules just use
+``logging.getLogger(__name__)`` (names under ``tvr``); ``setup_logging`` attaches the handlers to
+the ``tvr`` logger and the entry point's logger (``__main__`` / ``main``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Iterable, Mapping, Optional
+
+__all__ = ["LOG_FORMAT", "setup_logging", "log_args"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+_MARK = "_tvr_handler"  # attribute set on handlers we own, so a second call can replace them
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes to the current ``sys.stderr`` through ``tqdm.write`` when tqdm is available, so log
+    lines do not break a progress bar on the same terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self.format(record)
+            try:
+                from tqdm import tqdm
+            except ImportError:  # pragma: no cover - tqdm is a requirement
+                sys.stderr.write(msg + "\n")
+            else:
+                tqdm.write(msg, file=sys.stderr)
+            sys.stderr.flush()
+        except Exception:  # logging must never crash the run
+            self.handleError(record)
+
+
+def _root_prints_to_console() -> bool:
+    streams = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    return any(isinstance(h, logging.StreamHandler) and not getattr(h, _MARK, False)
+               and getattr(h, "stream", None) in streams for h in logging.getLogger().handlers)
+
+
+def setup_logging(output_dir: Optional[str], rank: int = 0,
+                  names: Iterable[str] = ("tvr", "__main__", "main")) -> logging.Logger:
+    """Configure the loggers ``names`` (default: ``tvr``, ``__main__`` and ``main``).
+
+    rank 0: level INFO, console + ``output_dir/log.txt`` (folder created; no file when
+    ``output_dir`` is None).  Other ranks: level WARNING, console only.
+    Idempotent: handlers added by an earlier call are closed and replaced, never duplicated.
+    Records still propagate to the root logger (so pytest's ``caplog`` and other root handlers see
+    them and a later test is not affected by an earlier in-process run); to avoid printing every
+    line twice, no console handler is added when the root logger already writes to
+    ``sys.stderr``/``sys.stdout`` (e.g. after ``logging.basicConfig``).  Returns the logger named
+    first in ``names`` (``tvr``).
+    """
+    names = list(names)
+    formatter = logging.Formatter(LOG_FORMAT, datefmt=_DATE_FORMAT)
+    level = logging.INFO if rank == 0 else logging.WARNING
+
+    handlers = []
+    if not _root_prints_to_console():
+        console = _ConsoleHandler(level)
+        console.setFormatter(formatter)
+        handlers.append(console)
+    if rank == 0 and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), mode="a", encoding="utf-8")
+        file_handler.setLevel(level)
+        file_handler.setFormatter(formatter)
+        handlers.append(file_handler)
+    for h in handlers:
+        setattr(h, _MARK, True)
+
+    for name in names:
+        lg = logging.getLogger(name)
+        for old in [h for h in lg.handlers if getattr(h, _MARK, False)]:
+            lg.removeHandler(old)
+            old.close()
+        for h in handlers:  # the same handler objects are shared, so log.txt is opened once
+            lg.addHandler(h)
+        lg.setLevel(level)
+    return logging.getLogger(names[0])
+
+
+def log_args(args: Any, logger: Optional[logging.Logger] = None) -> None:
+    """Log every effective argument, sorted by name, one ``  name: value`` line each.
+
+    ``args``: an argparse Namespace (or any object with ``__dict__``) or a mapping.
+    """
+    logger = logger or logging.getLogger("tvr.args")
+    items: Mapping[str, Any] = args if isinstance(args, Mapping) else vars(args)
+    logger.info("Effective arguments:")
+    for key in sorted(items):
+        logger.info("  %s: %s", key, items[key])
