@@ -171,3 +171,15 @@ def test_extract_state_dict():
 def test_module_exports():
     for name in ckpt.__all__:
         assert hasattr(ckpt, name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_round_trip(tmp_path):
+    torch.cuda.manual_seed_all(5)
+    path = tmp_path / "rng.pth"
+    atomic_save(rng_state(), str(path))
+    want = torch.rand(4, device="cuda").tolist()
+    torch.rand(4, device="cuda")
+    set_rng_state(load_checkpoint(str(path)))
+    assert torch.rand(4, device="cuda").tolist() == want

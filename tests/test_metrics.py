@@ -230,3 +230,14 @@ def test_format_metrics():
     assert line == "t2v: R@1 45.2 | R@5 72.0 | R@10 81.2 | MdR 2.0 | MnR 14.3"
     assert "\n" not in format_metrics("v2t", compute_metrics(np.eye(3)))
     assert not math.isnan(compute_metrics(np.eye(3))["MeanR"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensor_matches_cpu():
+    rng = np.random.default_rng(7)
+    sim = torch.tensor(rng.integers(0, 4, size=(30, 12)).astype(np.float32))
+    q2v = torch.tensor(rng.integers(0, 12, size=30))
+    assert t2v_ranks(sim.cuda(), q2v).tolist() == t2v_ranks(sim, q2v).tolist()
+    assert v2t_ranks(sim.cuda(), q2v).tolist() == v2t_ranks(sim, q2v).tolist()
+    assert torch.allclose(dual_softmax_rerank(sim.cuda()).cpu(), dual_softmax_rerank(sim))
