@@ -20,6 +20,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from typing import Dict, Optional
 
@@ -142,7 +143,10 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         raise FileNotFoundError(f"CLIP checkpoint {path} does not exist or is not a file")
     if _is_torchscript_archive(path):
         try:
-            module = torch.jit.load(path, map_location="cpu")
+            with warnings.catch_warnings():
+                # TorchScript is deprecated, but it is the format OpenAI ships; we only read weights.
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
+                module = torch.jit.load(path, map_location="cpu")
         except Exception as e:
             raise RuntimeError(f"Could not read TorchScript archive {path}: {e}") from e
         return dict(module.state_dict())
