@@ -1,0 +1,164 @@
+"""VideoColBERT model: wiring of CLIP, temporal encoder, expansion and scoring.
+
+Expectations are computed independently from CLIP's own encode_text / encode_image and a naive
+loop MeanMaxSim, never from the model's scoring code.
+"""
+import torch
+import torch.nn.functional as F
+import pytest
+
+from tvr.models.modeling import ModelConfig, VideoColBERT
+from tvr.models.module_clip import load_clip
+from tvr.models.tokenization_clip import tokenize
+
+CAPTIONS = ["a red circle moves left", "a blue square appears then a green triangle"]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return load_clip("scratch:tiny").eval()
+
+
+def make_model(clip, **overrides):
+    torch.manual_seed(1)
+    return VideoColBERT(clip, ModelConfig(max_frames=4, **overrides)).eval()
+
+
+def make_video(batch=2, frames=4, real=(3, 4), resolution=64, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(batch, frames, 3, resolution, resolution, generator=g)
+    mask = torch.zeros(batch, frames, dtype=torch.long)
+    for i, n in enumerate(real):
+        mask[i, :n] = 1
+    return video, mask
+
+
+def naive_mms(q, qm, v, vm):
+    """Loop reference: mean over real query tokens of the max over real video tokens."""
+    out = torch.empty(q.shape[0], v.shape[0], dtype=q.dtype)
+    for a in range(q.shape[0]):
+        for b in range(v.shape[0]):
+            maxima = [max(float(q[a, i] @ v[b, j]) for j in range(v.shape[1]) if vm[b, j]) for i in range(q.shape[1]) if qm[a, i]]
+            out[a, b] = sum(maxima) / len(maxima)
+    return out
+
+
+def test_temporal_encoder_starts_as_clip_text_blocks(clip):
+    model = make_model(clip)
+    assert len(model.temporal.transformer.resblocks) == 4
+    for block, source in zip(model.temporal.transformer.resblocks, clip.transformer.resblocks):
+        for (name, p), (_, ref) in zip(block.state_dict().items(), source.state_dict().items()):
+            torch.testing.assert_close(p, ref, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(model.temporal.frame_position_embedding, clip.positional_embedding[:4], rtol=0, atol=0)
+
+
+def test_frame_branch_is_mms_over_clip_outputs(clip):
+    model = make_model(clip, branches=("frame",), query_expansion=False)
+    ids, mask = tokenize(CAPTIONS, 16)
+    video, vmask = make_video()
+    with torch.no_grad():
+        score = model.similarity(model.encode_text(ids, mask), model.encode_video(video, vmask))
+        q = F.normalize(clip.encode_text_tokens(ids), dim=-1)
+        f = F.normalize(clip.encode_image(video.flatten(0, 1)), dim=-1).view(2, 4, -1)
+    torch.testing.assert_close(score, naive_mms(q, mask, f, vmask), rtol=1e-5, atol=1e-5)
+
+
+def test_padded_frames_change_nothing(clip):
+    model = make_model(clip)
+    ids, mask = tokenize(CAPTIONS, 16)
+    video, vmask = make_video()
+    other = video.clone()
+    other[0, 3] = torch.randn_like(other[0, 3]) * 100  # padded slot of video 0 gets garbage
+    with torch.no_grad():
+        text = model.encode_text(ids, mask)
+        a = model.similarity(text, model.encode_video(video, vmask))
+        b = model.similarity(text, model.encode_video(other, vmask))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_query_expansion_off_ignores_padding(clip):
+    """Without expansion a padded query scores exactly like the same query with no padding at all
+    (the causal text encoder leaves the real positions untouched by what follows them)."""
+    video, vmask = make_video()
+    caption = [CAPTIONS[0]]
+    long_ids, long_mask = tokenize(caption, 24)
+    short_ids, short_mask = tokenize(caption, int(long_mask.sum()))  # SOT..EOT, no padding
+    assert short_mask.all() and long_mask.sum() < 24
+    with torch.no_grad():
+        off = make_model(clip, query_expansion=False)
+        videos = off.encode_video(video, vmask)
+        s_short = off.similarity(off.encode_text(short_ids, short_mask), videos)
+        s_long = off.similarity(off.encode_text(long_ids, long_mask), videos)
+        on = make_model(clip, query_expansion=True)
+        s_long_on = on.similarity(on.encode_text(long_ids, long_mask), on.encode_video(video, vmask))
+    torch.testing.assert_close(s_short, s_long, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(s_long, s_long_on, atol=1e-4)
+
+
+def test_score_is_sum_of_branches(clip):
+    ids, mask = tokenize(CAPTIONS, 16)
+    video, vmask = make_video()
+    with torch.no_grad():
+        both = make_model(clip)
+        text, videos = both.encode_text(ids, mask), both.encode_video(video, vmask)
+        scores = both.branch_scores(text, videos)
+        total = both.similarity(text, videos)
+        q, f = text.tokens, videos["frame"].tokens
+        v, vm = videos["video"].tokens, videos["video"].mask
+    assert vm.shape == (2, 4 + 2) and vm[:, 4:].all()  # two visual expansion tokens, never masked
+    torch.testing.assert_close(total, naive_mms(q, text.mask, f, vmask) + naive_mms(q, text.mask, v, vm), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(total, scores["frame"] + scores["video"])
+
+
+def test_maxsim_sums_instead_of_mean(clip):
+    ids, mask = tokenize(CAPTIONS, 16)
+    video, vmask = make_video()
+    with torch.no_grad():
+        mms = make_model(clip, query_expansion=False)
+        maxsim = make_model(clip, query_expansion=False, interaction="maxsim")
+        a = mms.branch_scores(mms.encode_text(ids, mask), mms.encode_video(video, vmask))
+        b = maxsim.branch_scores(maxsim.encode_text(ids, mask), maxsim.encode_video(video, vmask))
+    n_tokens = mask.sum(1, keepdim=True).float()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name] * n_tokens, rtol=1e-5, atol=1e-5)
+
+
+def test_meanp_baseline_is_cosine_of_eot_and_mean_frame(clip):
+    model = make_model(clip, interaction="meanp")
+    assert model.temporal is None
+    ids, mask = tokenize(CAPTIONS, 16)
+    video, vmask = make_video()
+    with torch.no_grad():
+        score = model.similarity(model.encode_text(ids, mask), model.encode_video(video, vmask))
+        t = F.normalize(clip.encode_text(ids), dim=-1)
+        frames = F.normalize(clip.encode_image(video.flatten(0, 1)), dim=-1).view(2, 4, -1)
+        means = torch.stack([frames[i, : int(vmask[i].sum())].mean(0) for i in range(2)])
+    torch.testing.assert_close(score, t @ F.normalize(means, dim=-1).T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "softmax"])
+def test_one_backward_reaches_every_part(clip, loss):
+    model = make_model(load_clip("scratch:tiny"), loss=loss).train()
+    ids, mask = tokenize(CAPTIONS, 16)
+    video, vmask = make_video()
+    total, stats = model(ids, mask, video, vmask)
+    total.backward()
+    expect_grad = [
+        "temporal.expansion_tokens",
+        "temporal.frame_position_embedding",
+        "temporal.transformer.resblocks.0.attn.in_proj_weight",
+        "temporal.transformer.resblocks.3.mlp.c_proj.weight",
+        "clip.visual.conv1.weight",
+        "clip.visual.proj",
+        "clip.token_embedding.weight",
+        "clip.text_projection",
+        "clip.transformer.resblocks.0.attn.in_proj_weight",
+    ]
+    params = dict(model.named_parameters())
+    loss_params = [n for n in params if n.startswith("loss.")]
+    assert loss_params, "the loss must own learnable temperature / bias parameters"
+    for name in expect_grad + loss_params:
+        grad = params[name].grad
+        assert grad is not None and grad.abs().sum() > 0, f"no gradient reached {name}"
+    assert torch.isfinite(total) and stats
