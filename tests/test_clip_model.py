@@ -19,16 +19,23 @@ TOL = 1e-5
 
 
 def perturbed_state_dict(model: torch.nn.Module, seed: int) -> dict:
-    """Every tensor of ``model`` plus N(0, 0.02^2) noise: non-zero biases, non-unit norms."""
+    """``model``'s weights with N(0, 0.02^2) noise added to every vector (biases, norms, class
+    embedding): those start at trivial values (0 / 1) that could hide a wrong formula. Matrices
+    are random already."""
     gen = torch.Generator().manual_seed(seed)
-    return {k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()}
+    return {k: v + 0.02 * torch.randn(v.shape, generator=gen) if v.dim() <= 1 else v.clone()
+            for k, v in model.state_dict().items()}
 
 
-def reference_from(state_dict: dict) -> torch.nn.Module:
-    """OpenAI's model with exactly these fp32 weights. Its build_model casts to fp16, so cast back
-    to fp32 and load again (strict) to undo the rounding."""
-    ref = ref_clip.build_model(dict(state_dict)).float()
-    ref.load_state_dict(state_dict, strict=True)
+def reference_from(state_dict: dict, config) -> torch.nn.Module:
+    """OpenAI's model holding exactly these fp32 weights. Built on the meta device (its random
+    init would cost seconds) and given the tensors; its causal mask is a plain attribute, not
+    state, so it is rebuilt on the CPU."""
+    with torch.device("meta"):
+        ref = ref_clip.CLIP(**dataclasses.asdict(config))
+    ref.load_state_dict(state_dict, strict=True, assign=True)
+    for block in ref.transformer.resblocks:
+        block.attn_mask = ref.build_attention_mask()
     return ref.eval()
 
 
@@ -55,7 +62,7 @@ def pair(request):
     ours = load_clip(f"scratch:{name}")
     state = perturbed_state_dict(ours, seed=1)
     ours.load_state_dict(state, strict=True)
-    return ours, reference_from(state), batch
+    return ours, reference_from(state, SCRATCH_CONFIGS[name]), batch
 
 
 def test_state_dict_keys_and_shapes_match_reference(pair):
@@ -237,3 +244,26 @@ def test_grad_checkpointing_same_gradients(monkeypatch):
     with torch.no_grad():
         model.encode_image(image)
     assert not calls  # no checkpointing without grad
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_half_and_autocast_agree_with_fp32():
+    """On the GPU: the causal mask follows .cuda(), and fp16 weights / bf16 autocast give the
+    fp32 CPU directions (cosine > 0.99)."""
+    torch.manual_seed(0)
+    model = load_clip("scratch:tiny")
+    image = torch.randn(2, 3, 64, 64)
+    text = random_text(2, 16, eot_positions=[4, 15], seed=8)
+    with torch.no_grad():
+        want = [model.encode_image(image), model.encode_text_tokens(text).flatten(0, 1)]
+        model = model.cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            autocast = [model.encode_image(image.cuda()), model.encode_text_tokens(text.cuda()).flatten(0, 1)]
+        model = model.half()
+        half = [model.encode_image(image.cuda()), model.encode_text_tokens(text.cuda()).flatten(0, 1)]
+    for got in autocast + half:
+        assert got.is_cuda
+    for got, ref in zip(autocast + half, want + want):
+        cosine = torch.nn.functional.cosine_similarity(got.float().cpu(), ref, dim=-1)
+        assert cosine.min() > 0.99
