@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CACHE_ENV_VAR", "CLIP", "CLIPConfig", "OPENAI_MODELS", "SCRATCH_CONFIGS", "LayerNorm", "QuickGELU",
     "ResidualAttentionBlock", "Transformer", "VisionTransformer", "available_models", "build_model",
-    "default_cache_dir", "infer_config", "load_clip",
+    "default_cache_dir", "download_openai_checkpoint", "infer_config", "load_clip", "read_state_dict",
 ]
 
 
