@@ -162,6 +162,11 @@ def test_empty_token_set_scores_minus_inf_and_empty_inputs():
     out = mean_max_sim(q, q_mask, v, v_mask)
     assert torch.isinf(out[:, 1]).all() and (out[:, 1] < 0).all()
     assert torch.isfinite(out[:, [0, 2]]).all()
+    q_mask[0] = False  # an empty query still scores -inf against an empty set, 0 elsewhere
+    out = mean_max_sim(q, q_mask, v, v_mask)
+    assert torch.equal(out[0], torch.tensor([0.0, -INF, 0.0], dtype=out.dtype))
+    assert torch.equal(mean_max_sim_pairwise(q[:2], q_mask[:2], v[:2], v_mask[:2])[:2],
+                       torch.tensor([0.0, out[1, 1].item()], dtype=out.dtype))
     assert mean_max_sim(q[:0], q_mask[:0], v, v_mask).shape == (0, 3)
     assert mean_max_sim(q, q_mask, v[:0], v_mask[:0]).shape == (2, 0)
 
@@ -200,3 +205,15 @@ def test_rejects_bad_arguments():
         mean_max_sim(q[0], q_mask, v, v_mask)
     with pytest.raises(ValueError, match="pairwise"):
         mean_max_sim_pairwise(q, q_mask, v[:1], v_mask[:1])
+
+
+def test_negative_similarities_with_padding_are_not_clipped_at_zero():
+    # Every valid similarity is negative; a zeroed padded token would wrongly win with 0.
+    q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    q_mask = torch.tensor([[1, 1]])
+    v = torch.tensor([[[0.0, 0.0], [-1.0, -3.0], [-2.0, -0.5]]])
+    v_mask = torch.tensor([[0, 1, 1]])
+    # (1,0): max(-1, -2) = -1. (0,1): max(-3, -0.5) = -0.5. MMS -0.75, MaxSim -1.5.
+    assert torch.equal(mean_max_sim(q, q_mask, v, v_mask), torch.tensor([[-0.75]]))
+    assert torch.equal(mean_max_sim(q, q_mask, v, v_mask, "maxsim"), torch.tensor([[-1.5]]))
+    assert torch.equal(mean_max_sim_pairwise(q, q_mask, v, v_mask), torch.tensor([-0.75]))

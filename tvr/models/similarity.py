@@ -6,18 +6,19 @@ For a query with token mask m and a token set X with mask n (DESIGN.md section 2
     MaxSim(q, X) =                   sum_i m_i * max_{j : n_j = 1} <q_i, x_j>
 
 Rules shared by every function here:
-- a padded token of X (n_j = 0) can never be the maximum: its similarities get -inf added
-  before the max, so even a padded vector with a huge dot product loses; its values are also
-  zeroed first, so NaN/inf garbage in padding cannot leak;
+- a padded token of X (n_j = 0) can never be the maximum, whatever its values (a padded
+  vector with a huge dot product, inf or NaN included, is never read);
 - a padded query token (m_i = 0) never counts: it is dropped before the matmul;
-- if X has no valid token, the score is -inf (the max over an empty set);
-- if a query has no valid token, its MMS/MaxSim is 0 against every token set, even an empty
-  one (an empty sum; no division by zero).
+- if X has no valid token, the score is -inf (the max over an empty set), for every query;
+- if a query has no valid token, its MMS/MaxSim is 0 against every non-empty token set (an
+  empty sum; no division by zero).
 
 `mean_max_sim` scores every query against every token set (Nq x Nv) in chunks, so that the
 working memory is bounded by the chunk size and never grows with Nq x Nv x Lq x Lv: per chunk
 one GEMM of the flattened query tokens [T, D] against the chunk's tokens [D, Lv * c], a max
-over the Lv axis, then a weighted sum over each query's tokens. The chunk's tokens are laid
+over the Lv axis, then a weighted sum over each query's tokens. Padding costs nothing on the
+big block: a padded token of X is replaced, before the GEMM, by a copy of a valid token of
+the same set (a duplicate cannot change a max), and padded query tokens are dropped. The chunk's tokens are laid
 out token-major (Lv x c) so the max reduces over a strided axis with c contiguous, which
 vectorises well on CPU and GPU. With autograd on, the max keeps only argmax indices for the
 backward pass (T x c integers), not the T x (Lv * c) similarity block.
@@ -128,11 +129,15 @@ def mean_max_sim(q: torch.Tensor, q_mask: torch.Tensor, v: torch.Tensor, v_mask:
 
     w = _query_weights(q_mask, interaction, q.dtype)  # Nq x Lq
     q_all_valid = bool(q_mask.all())
-    v_pad = ~v_mask  # Nv x Lv
-    v_chunk_has_pad = v_pad.any(dim=1).cpu()  # Nv, one host sync for the whole call
-    v_any_pad = bool(v_chunk_has_pad.any())
-    if v_any_pad:
-        v_bias = torch.zeros(nv, lv, dtype=q.dtype, device=q.device).masked_fill_(v_pad, float("-inf"))  # Nv x Lv
+    # Padded tokens are replaced by a copy of their set's first valid token: a duplicate cannot
+    # change the max, so no -inf pass over the similarity block is needed (the GEMM output goes
+    # straight to the max), and padded values (even NaN) are never read. Gradients of the copy
+    # flow back to the valid token it duplicates, as they should.
+    v_valid_any = v_mask.any(dim=1)  # Nv
+    first_valid = v_mask.to(torch.uint8).argmax(dim=1)  # Nv, 0 when none is valid
+    src = torch.where(v_mask, torch.arange(lv, device=v.device).unsqueeze(0), first_valid.unsqueeze(1))  # Nv x Lv
+    flags = torch.stack([(~v_mask).any(dim=1), ~v_valid_any]).cpu()  # one host sync for the call
+    has_pad, is_empty = flags[0], flags[1]  # Nv, Nv
 
     # Query chunks are prepared once (token compaction needs a host sync each).
     q_chunks = []
@@ -150,17 +155,17 @@ def mean_max_sim(q: torch.Tensor, q_mask: torch.Tensor, v: torch.Tensor, v_mask:
     for j in range(0, nv, c):
         vj = v[j:j + c]  # c x Lv x D
         cj = vj.shape[0]
-        bias = None
-        if v_any_pad and bool(v_chunk_has_pad[j:j + cj].any()):
-            vj = vj.masked_fill(v_pad[j:j + cj].unsqueeze(-1), 0)
-            bias = v_bias[j:j + cj].t().reshape(lv * cj)  # (Lv c)
-        vt = vj.transpose(0, 1).reshape(lv * cj, d)  # (Lv c) x D, token-major
+        if bool(has_pad[j:j + cj].any()):
+            rows = (torch.arange(cj, device=v.device).unsqueeze(1) * lv + src[j:j + cj]).t().reshape(-1)  # (Lv c)
+            vt = vj.reshape(cj * lv, d).index_select(0, rows)  # (Lv c) x D, token-major, padding replaced
+        else:
+            vt = vj.transpose(0, 1).reshape(lv * cj, d)  # (Lv c) x D, token-major
+        empty = None
+        if bool(is_empty[j:j + cj].any()):  # sets without any valid token score -inf
+            empty = ~v_valid_any[j:j + cj]  # c
+            vt = vt.masked_fill(empty.repeat(lv).unsqueeze(1), 0)  # keep garbage out of gradients
         for k, (i, n_i, toks, idx) in enumerate(q_chunks):
-            if bias is None:
-                sim = torch.mm(toks, vt.t())  # T x (Lv c)
-            else:
-                sim = torch.addmm(bias, toks, vt.t())  # T x (Lv c), padded columns -inf
-            sim = sim.view(toks.shape[0], lv, cj)
+            sim = torch.mm(toks, vt.t()).view(toks.shape[0], lv, cj)  # T x Lv x c
             if track_grad:
                 mx = sim.max(dim=1).values  # T x c; backward keeps only the argmax indices
             else:
@@ -169,6 +174,8 @@ def mean_max_sim(q: torch.Tensor, q_mask: torch.Tensor, v: torch.Tensor, v_mask:
             if idx is not None:
                 mx = mx.new_zeros(n_i * lq, cj).index_copy(0, idx, mx)  # (qc Lq) x c, padded rows 0
             score = torch.bmm(w[i:i + n_i].unsqueeze(1), mx.view(n_i, lq, cj)).squeeze(1)  # qc x c
+            if empty is not None:
+                score = score.masked_fill(empty.unsqueeze(0), float("-inf"))
             if out is None:
                 blocks[k].append(score)
             else:
@@ -195,4 +202,4 @@ def mean_max_sim_pairwise(q: torch.Tensor, q_mask: torch.Tensor, v: torch.Tensor
     sim = sim.masked_fill(~v_mask.unsqueeze(1), float("-inf"))
     mx = sim.max(dim=2).values  # N x Lq
     mx = mx.masked_fill(~q_mask, 0)  # padded query tokens: 0 (avoids 0 * -inf)
-    return (w * mx).sum(dim=1)
+    return (w * mx).sum(dim=1).masked_fill(~v_mask.any(dim=1), float("-inf"))
