@@ -1,0 +1,132 @@
+"""The built-in synthetic dataset: layout, readability, determinism, temporal hard pairs."""
+import csv
+import filecmp
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from tvr.dataloaders import DataConfig, build_eval_dataset
+from tvr.dataloaders.base import RetrievalSplit
+from tvr.dataloaders.synthetic import (COLOURS, DIRECTIONS, OPPOSITE, SHAPES, captions_for, generate,
+                                       main, render_frames)
+
+NUM_TRAIN, NUM_TEST = 14, 10
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synthetic") / "ds")
+    summary = generate(out, num_train=NUM_TRAIN, num_test=NUM_TEST, seed=3, workers=2)
+    return out, summary
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_layout_is_msrvtt(dataset):
+    out, summary = dataset
+    anns = os.path.join(out, "anns")
+    assert sorted(os.listdir(anns)) == ["MSRVTT_JSFUSION_test.csv", "MSRVTT_data.json", "MSRVTT_train.7k.csv",
+                                        "MSRVTT_train.9k.csv", "temporal_queries.json"]
+    videos = sorted(os.listdir(os.path.join(out, "videos")))
+    assert len(videos) == NUM_TRAIN + NUM_TEST and all(v.endswith(".mp4") for v in videos)
+    train = [r["video_id"] for r in read_csv(os.path.join(anns, "MSRVTT_train.9k.csv"))]
+    train7 = [r["video_id"] for r in read_csv(os.path.join(anns, "MSRVTT_train.7k.csv"))]
+    test = read_csv(os.path.join(anns, "MSRVTT_JSFUSION_test.csv"))
+    assert train == [f"video{i}" for i in range(NUM_TRAIN)] and train7 == train[:int(NUM_TRAIN * 0.72)]
+    assert list(test[0]) == ["key", "vid_key", "video_id", "sentence"] and len(test) == NUM_TEST
+    assert not set(train) & {r["video_id"] for r in test}
+    data = json.load(open(os.path.join(anns, "MSRVTT_data.json")))
+    by_video = {}
+    for s in data["sentences"]:
+        by_video.setdefault(s["video_id"], []).append(s["caption"])
+    assert set(by_video) == {f"video{i}" for i in range(NUM_TRAIN + NUM_TEST)}
+    assert all(len(c) == 3 for c in by_video.values())
+    for row in test:  # the query is one of the video's captions
+        assert row["sentence"] == by_video[row["video_id"]][0]
+    # test queries are unique, so each has exactly one right video
+    assert len({r["sentence"] for r in test}) == NUM_TEST
+    assert summary["frames_per_video"] == 48
+
+
+def test_captions_use_a_small_vocabulary_of_appearance_and_motion(dataset):
+    out, _ = dataset
+    data = json.load(open(os.path.join(out, "anns", "MSRVTT_data.json")))
+    words = {w for s in data["sentences"] for w in re.findall(r"[a-z]+", s["caption"])}
+    assert words <= set(COLOURS) | set(SHAPES) | set(DIRECTIONS) | {
+        "a", "moves", "then", "first", "and", "goes", "before"}
+    for s in data["sentences"]:  # two objects with colour + shape, each with a direction
+        assert len(re.findall("|".join(COLOURS), s["caption"])) == 2
+        assert len(re.findall("|".join(DIRECTIONS), s["caption"])) == 2
+
+
+def test_videos_decode_with_the_loader(dataset):
+    decord = pytest.importorskip("decord")
+    out, _ = dataset
+    vr = decord.VideoReader(os.path.join(out, "videos", "video0.mp4"))
+    assert len(vr) == 48 and vr.get_avg_fps() == pytest.approx(8.0) and vr[0].shape == (64, 64, 3)
+    cfg = DataConfig(anno_path=os.path.join(out, "anns"), video_path=os.path.join(out, "videos"),
+                     input_resolution=64, max_frames=12, video_framerate=2.0)
+    video, mask = RetrievalSplit(cfg, "test").load_video(0)
+    assert mask.tolist() == [1] * 12 and video.shape == (12, 3, 64, 64)
+    # the colour of the first event's object is what the caption says
+    data = json.load(open(os.path.join(out, "anns", "MSRVTT_data.json")))
+    spec = data["videos"][0]["synthetic"]
+    frame = vr[4].asnumpy().reshape(-1, 3).astype(float)
+    obj = frame[frame.sum(1) > 150]
+    assert len(obj) > 50
+    np.testing.assert_allclose(obj.mean(0), COLOURS[spec["events"][0]["colour"]], atol=40)
+
+
+def test_temporal_pairs_differ_only_in_time(dataset):
+    out, _ = dataset
+    anns = os.path.join(out, "anns")
+    tq = json.load(open(os.path.join(anns, "temporal_queries.json")))
+    test = read_csv(os.path.join(anns, "MSRVTT_JSFUSION_test.csv"))
+    specs = {v["video_id"]: v["synthetic"] for v in json.load(open(os.path.join(anns, "MSRVTT_data.json")))["videos"]}
+    assert len(tq["pairs"]) == NUM_TEST // 4  # hard_fraction 0.5 -> 5 of 10 videos, 2 pairs
+    assert tq["video_ids"] == [test[i]["video_id"] for i in tq["query_indices"]]
+    assert {p["kind"] for p in tq["pairs"]} == {"direction", "order"}  # both kinds at this seed
+    ev = build_eval_dataset(DataConfig(anno_path=anns, video_path=os.path.join(out, "videos")), "test")
+    for p in tq["pairs"]:
+        a, b = specs[p["video_id"]]["events"], specs[p["twin"]]["events"]
+        if p["kind"] == "order":
+            assert a == b[::-1]
+        else:
+            diff = [i for i in range(2) if a[i] != b[i]]
+            assert len(diff) == 1 and b[diff[0]]["direction"] == OPPOSITE[a[diff[0]]["direction"]]
+            assert {k: v for k, v in a[diff[0]].items() if k != "direction"} == \
+                   {k: v for k, v in b[diff[0]].items() if k != "direction"}
+        # same set of images, different order: a bag-of-frames score cannot separate them
+        fa, fb = render_frames({"events": a}, 64, 24), render_frames({"events": b}, 64, 24)
+        assert sorted(map(bytes, fa)) == sorted(map(bytes, fb)) and not np.array_equal(fa, fb)
+        # both are evaluation queries, each pointing at its own video
+        qa, qb = (ev.video_ids.index(v) for v in (p["video_id"], p["twin"]))
+        assert qa != qb and ev.captions[qa] != ev.captions[qb]
+        assert ev.captions[qa] == captions_for({"events": a})[0]
+
+
+def test_deterministic_for_a_seed(dataset, tmp_path):
+    out, _ = dataset
+    again = str(tmp_path / "again")
+    main(["--output_dir", again, "--num_train", str(NUM_TRAIN), "--num_test", str(NUM_TEST),
+          "--seed", "3", "--workers", "1"])
+    for sub in ("anns", "videos"):
+        names = sorted(os.listdir(os.path.join(out, sub)))
+        assert names == sorted(os.listdir(os.path.join(again, sub)))
+        _, mismatch, errors = filecmp.cmpfiles(os.path.join(out, sub), os.path.join(again, sub), names, shallow=False)
+        assert not mismatch and not errors
+    other = str(tmp_path / "other")
+    generate(other, num_train=NUM_TRAIN, num_test=NUM_TEST, seed=4, workers=1)
+    assert open(os.path.join(other, "anns", "MSRVTT_JSFUSION_test.csv")).read() != \
+        open(os.path.join(out, "anns", "MSRVTT_JSFUSION_test.csv")).read()
+
+
+def test_too_many_test_videos_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="distinct test videos"):
+        generate(str(tmp_path), num_train=1, num_test=100000, workers=1)
