@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tvr.models.similarity import DEFAULT_CHUNK_ELEMENTS, _chunk_sizes, mean_max_sim  # noqa: E402
+from tvr.models.similarity import DEFAULT_CHUNK_ELEMENTS, mean_max_sim, resolve_chunk_sizes  # noqa: E402
 
 MIB = 1024 ** 2
 
@@ -116,7 +116,7 @@ def _timed(fn, device):
 
 def run_one(nt, nv, args, device, dtype):
     q, q_mask, v, v_mask = make_inputs(nt, nv, args.lq, args.lv, args.dim, args.short_frac, device, dtype)
-    c, qc = _chunk_sizes(nt, args.lq, nv, args.lv, args.chunk_size, args.q_chunk_size, args.max_chunk_elements)
+    c, qc = resolve_chunk_sizes(nt, args.lq, nv, args.lv, args.chunk_size, args.q_chunk_size, args.max_chunk_elements)
     block_bytes = qc * args.lq * args.lv * c * q.element_size()
     out_bytes = nt * nv * q.element_size()
     call = lambda: mean_max_sim(q, q_mask, v, v_mask, chunk_size=c, q_chunk_size=qc)  # noqa: E731

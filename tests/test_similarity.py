@@ -1,6 +1,5 @@
 """MeanMaxSim / MaxSim against hand-computed values and a naive Python-loop reference."""
 
-import math
 
 import pytest
 import torch

@@ -77,7 +77,7 @@ def _check_inputs(q, q_mask, v, v_mask, interaction):
     return q_mask, v_mask
 
 
-def _chunk_sizes(nq: int, lq: int, nv: int, lv: int, chunk_size: Optional[int],
+def resolve_chunk_sizes(nq: int, lq: int, nv: int, lv: int, chunk_size: Optional[int],
                  q_chunk_size: Optional[int], max_elements: int):
     """Token sets per chunk (c) and queries per chunk, so that q_chunk * lq * c * lv <= max_elements
     whenever the sizes are chosen automatically."""
@@ -124,7 +124,7 @@ def mean_max_sim(q: torch.Tensor, q_mask: torch.Tensor, v: torch.Tensor, v_mask:
     nv, lv, _ = v.shape
     if nq == 0 or nv == 0:
         return q.new_zeros(nq, nv)
-    c, qc = _chunk_sizes(nq, lq, nv, lv, chunk_size, q_chunk_size, max_chunk_elements)
+    c, qc = resolve_chunk_sizes(nq, lq, nv, lv, chunk_size, q_chunk_size, max_chunk_elements)
     track_grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
 
     w = _query_weights(q_mask, interaction, q.dtype)  # Nq x Lq
