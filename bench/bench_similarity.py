@@ -5,8 +5,8 @@ as the number of videos grows at a fixed chunk size.
     python bench/bench_similarity.py --nt 100 --nv 1000,5000,10000,20000  # memory scan
     python bench/bench_similarity.py --device cuda --nt 1000 --nv 1000,5000,10000,20000
 
-Sizes follow the paper: Lq = 32 query tokens, Lv = 26 tokens per video (24 frames + 2 expansion
-tokens, or 12 frames + ... as configured), D = 512, L2-normalised float32 inputs. All query
+Sizes follow the paper: Lq = 32 query tokens, Lv = 26 vectors per video (the paper's SigLIP
+setting), D = 512, L2-normalised float32 inputs. All query
 tokens are valid (query expansion on); `--short_frac` of the videos have a random number of
 padded tokens so the masking path is exercised.
 

@@ -1,6 +1,5 @@
 """MeanMaxSim / MaxSim against hand-computed values and a naive Python-loop reference."""
 
-
 import pytest
 import torch
 
