@@ -1,0 +1,85 @@
+"""Overhead of Video-ColBERT's training step over CLIP's two encoders alone.
+
+Times, on the same inputs and random ViT-B/32-shaped weights:
+  bare:  forward + backward of clip.encode_image (every frame) and clip.encode_text (pooled)
+  model: forward + backward of VideoColBERT (token-wise text output, temporal encoder, visual
+         expansion, MeanMaxSim for both branches, dual sigmoid loss)
+and reports model / bare (target: at most 1.15). The optimizer step is timed separately since
+the bare baseline has no optimizer of its own.
+
+    python bench/bench_train_step.py [--encoder scratch:ViT-B/32] [--batch 4] [--frames 12] [--repeats 3]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tvr.models.modeling import ModelConfig, VideoColBERT  # noqa: E402
+from tvr.models.module_clip import load_clip  # noqa: E402
+from tvr.utils.optim import build_optimizer, build_param_groups  # noqa: E402
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoder", default="scratch:ViT-B/32")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--words", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    model = VideoColBERT(load_clip(args.encoder), ModelConfig(max_frames=args.frames)).train()
+    clip = model.clip
+    res = clip.input_resolution
+    video = torch.randn(args.batch, args.frames, 3, res, res)  # B x T x 3 x R x R
+    video_mask = torch.ones(args.batch, args.frames, dtype=torch.long)
+    text_ids = torch.randint(1, 49000, (args.batch, args.words))
+    text_ids[:, -1] = 49407  # EOT, the largest id, where CLIP pools
+    text_mask = torch.ones_like(text_ids)
+
+    def bare_step():
+        clip.zero_grad(set_to_none=True)
+        loss = clip.encode_image(video.flatten(0, 1)).sum() + clip.encode_text(text_ids).sum()
+        loss.backward()
+
+    def model_step():
+        model.zero_grad(set_to_none=True)
+        loss, _ = model(text_ids, text_mask, video, video_mask)
+        loss.backward()
+
+    optimizer = build_optimizer(build_param_groups(model, 1e-4, 1e-3, 0.2))
+
+    def optimizer_step():
+        optimizer.step()
+
+    bare = timed(bare_step, args.repeats)
+    full = timed(model_step, args.repeats)
+    opt = timed(optimizer_step, args.repeats)
+    print(f"encoder {args.encoder}, batch {args.batch} x {args.frames} frames at {res}px, {args.words} words, "
+          f"{torch.get_num_threads()} threads, device cpu")
+    print(f"bare CLIP encoders forward+backward: {bare:.3f} s")
+    print(f"VideoColBERT forward+backward:       {full:.3f} s  (ratio {full / bare:.3f}, target <= 1.15)")
+    print(f"AdamW step over all parameters:      {opt:.3f} s")
+
+
+if __name__ == "__main__":
+    main()

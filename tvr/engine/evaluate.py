@@ -1,0 +1,94 @@
+"""Evaluation: encode every text and video once, score in shards, compute retrieval metrics.
+
+Each rank encodes a contiguous slice of the texts and of the videos, all ranks gather the video
+tokens, and each scores only its own texts against all videos; rank 0 assembles the rows.
+No rank computes the full similarity matrix alone.
+"""
+import logging
+from contextlib import nullcontext
+from typing import Dict
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..models.modeling import TokenSet, VideoColBERT
+from ..utils.launch import Runtime, gather_rows
+from ..utils.metrics import dual_softmax_rerank, t2v_metrics, v2t_metrics
+from ..utils.sampling import shard_range
+
+logger = logging.getLogger(__name__)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """Mixed precision on CUDA only; the CPU path stays fp32 and deterministic."""
+    if device.type != "cuda" or precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def _shard_loader(dataset, runtime: Runtime, batch_size: int, workers: int) -> DataLoader:
+    shard = Subset(dataset, list(shard_range(len(dataset), runtime.rank, runtime.world_size)))
+    local_batch = max(1, batch_size // runtime.world_size)
+    return DataLoader(shard, batch_size=local_batch, shuffle=False, num_workers=workers, pin_memory=runtime.device.type == "cuda")
+
+
+def _cat_token_sets(parts) -> TokenSet:
+    return TokenSet(torch.cat([p.tokens for p in parts]), torch.cat([p.mask for p in parts]))
+
+
+@torch.no_grad()
+def encode_texts(model: VideoColBERT, dataset, runtime: Runtime, batch_size: int, workers: int, precision: str) -> TokenSet:
+    parts = []
+    for batch in _shard_loader(dataset, runtime, batch_size, workers):
+        with autocast_context(runtime.device, precision):
+            out = model.encode_text(batch["text_ids"].to(runtime.device), batch["text_mask"].to(runtime.device))
+        parts.append(TokenSet(out.tokens.float(), out.mask))
+    return _cat_token_sets(parts)
+
+
+@torch.no_grad()
+def encode_videos(model: VideoColBERT, dataset, runtime: Runtime, batch_size: int, workers: int, precision: str):
+    """Returns (token set per branch for ALL videos, bool tensor of videos that failed to decode)."""
+    parts: Dict[str, list] = {}
+    failed = []
+    for batch in _shard_loader(dataset, runtime, batch_size, workers):
+        with autocast_context(runtime.device, precision):
+            out = model.encode_video(batch["video"].to(runtime.device), batch["video_mask"].to(runtime.device))
+        for name, ts in out.items():
+            parts.setdefault(name, []).append(TokenSet(ts.tokens.float(), ts.mask))
+        failed.append(batch["failed"].to(runtime.device).bool())
+    local = {name: _cat_token_sets(p) for name, p in parts.items()}
+    videos = {name: TokenSet(gather_rows(ts.tokens), gather_rows(ts.mask)) for name, ts in local.items()}
+    return videos, gather_rows(torch.cat(failed))
+
+
+@torch.no_grad()
+def evaluate(
+    model: VideoColBERT,
+    eval_data,
+    runtime: Runtime,
+    batch_size: int,
+    workers: int = 0,
+    precision: str = "fp32",
+    dsl: bool = False,
+):
+    """Returns ({"t2v": metrics, "v2t": metrics, "failed_videos": [...]}, full similarity) on rank 0; (None, None) elsewhere."""
+    model.eval()
+    texts = encode_texts(model, eval_data.texts, runtime, batch_size, workers, precision)
+    videos, failed = encode_videos(model, eval_data.videos, runtime, batch_size, workers, precision)
+    sim_local = model.similarity(texts, videos)  # n_local_texts x Nv
+    # Videos that could not be decoded (only with --allow_decode_errors) are never retrieved.
+    sim_local[:, failed] = float("-inf")
+    sim = gather_rows(sim_local).cpu()  # Nq x Nv
+    if not runtime.is_main:
+        return None, None
+    query_to_video = torch.as_tensor(eval_data.query_to_video)
+    # Dual softmax normalises each direction's candidates: over texts for t2v, over videos for v2t.
+    sim_t2v = dual_softmax_rerank(sim, dim=0) if dsl else sim
+    sim_v2t = dual_softmax_rerank(sim, dim=1) if dsl else sim
+    results = {"t2v": t2v_metrics(sim_t2v, query_to_video), "v2t": v2t_metrics(sim_v2t, query_to_video)}
+    failed_ids = [eval_data.video_ids[i] for i in failed.nonzero().flatten().tolist()]
+    if failed_ids:
+        results["failed_videos"] = failed_ids
+        logger.warning("%d videos failed to decode and were scored as never retrieved: %s", len(failed_ids), failed_ids[:10])
+    return results, sim

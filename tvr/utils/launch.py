@@ -1,0 +1,63 @@
+"""Process-group setup for plain ``python``, ``torchrun`` and ``torch.distributed.launch``."""
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(local_rank: int) -> Runtime:
+    """Initialise the process group when launched with several processes.
+
+    gloo on the CPU, nccl on CUDA. The launchers export RANK / WORLD_SIZE / MASTER_ADDR, so the
+    default ``env://`` rendezvous works for both.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", local_rank))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate dim 0 of tensors whose length differs by rank (evaluation shards), in rank order."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    world = dist.get_world_size()
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = x.new_zeros((max(sizes),) + tuple(x.shape[1:]))
+    padded[: x.shape[0]] = x
+    out = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded)
+    # Drop the padding rows each rank added to make the shapes equal.
+    return torch.cat([part[:n] for part, n in zip(out, sizes)])
