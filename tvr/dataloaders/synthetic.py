@@ -9,7 +9,8 @@ writes
     DIR/anns/MSRVTT_train.7k.csv               the first 72% of them (MSR-VTT's 6513/9000)
     DIR/anns/MSRVTT_JSFUSION_test.csv          one query per test video (caption template 0)
     DIR/anns/temporal_queries.json             the test queries that need temporal information
-Annotations are written after all videos, so a complete anns/ folder means a complete dataset.
+Videos are written first, then the annotation files (each under a temporary name, renamed when
+complete), MSRVTT_data.json last: if it exists, the dataset is complete.
 
 Scheme. Every video shows two events, one after the other, on a black background: first
 object A (a colour and a shape) crosses the frame in direction d1 while nothing else is
@@ -236,26 +237,35 @@ def generate(output_dir: str, num_train: int = 1000, num_test: int = 200, seed: 
             "videos": videos, "sentences": sentences}
     train_ids = video_ids[:num_train]
     test_ids = video_ids[num_train:]
-    with open(os.path.join(anno_dir, "MSRVTT_data.json"), "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    for name, ids in (("9k", train_ids), ("7k", train_ids[:max(1, int(len(train_ids) * 0.72))])):
-        with open(os.path.join(anno_dir, f"MSRVTT_train.{name}.csv"), "w", encoding="utf-8", newline="") as f:
+
+    def write(name: str, fill) -> None:
+        # temporary name + rename: a file that exists is complete
+        path = os.path.join(anno_dir, name)
+        with open(path + ".part", "w", encoding="utf-8", newline="") as f:
+            fill(f)
+        os.replace(path + ".part", path)
+
+    def csv_rows(header, rows):
+        def fill(f):
             w = csv.writer(f)
-            w.writerow(["video_id"])
-            w.writerows([v] for v in ids)
+            w.writerow(header)
+            w.writerows(rows)
+        return fill
+
+    write("MSRVTT_train.9k.csv", csv_rows(["video_id"], [[v] for v in train_ids]))
+    write("MSRVTT_train.7k.csv", csv_rows(["video_id"], [[v] for v in train_ids[:max(1, int(len(train_ids) * 0.72))]]))
+    write("MSRVTT_JSFUSION_test.csv", csv_rows(
+        ["key", "vid_key", "video_id", "sentence"],
+        [[f"ret{i}", f"msr{vid[len('video'):]}", vid, captions_for(spec)[0]]
+         for i, (vid, spec) in enumerate(zip(test_ids, test_specs))]))
     pairs = [{"video_id": test_ids[a], "twin": test_ids[b], "kind": kind} for a, b, kind in test_twins]
     temporal = sorted(i for a, b, _ in test_twins for i in (a, b))
-    with open(os.path.join(anno_dir, "temporal_queries.json"), "w", encoding="utf-8") as f:
-        json.dump({"description": "Test queries (rows of MSRVTT_JSFUSION_test.csv, i.e. evaluation "
-                                  "query indices) whose video has a twin in the test set differing "
-                                  "only in direction of motion or order of events.",
-                   "query_indices": temporal, "video_ids": [test_ids[i] for i in temporal],
-                   "pairs": pairs}, f, indent=1)
-    with open(os.path.join(anno_dir, "MSRVTT_JSFUSION_test.csv"), "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["key", "vid_key", "video_id", "sentence"])
-        for i, (vid, spec) in enumerate(zip(test_ids, test_specs)):
-            w.writerow([f"ret{i}", f"msr{vid[len('video'):]}", vid, captions_for(spec)[0]])
+    write("temporal_queries.json", lambda f: json.dump(
+        {"description": "Test queries (rows of MSRVTT_JSFUSION_test.csv, i.e. evaluation query indices) "
+                        "whose video has a twin in the test set differing only in the direction of one "
+                        "motion or in the order of the two events.",
+         "query_indices": temporal, "video_ids": [test_ids[i] for i in temporal], "pairs": pairs}, f, indent=1))
+    write("MSRVTT_data.json", lambda f: json.dump(data, f))  # last: its presence marks a complete dataset
     return {"output_dir": output_dir, "num_train": num_train, "num_test": num_test,
             "num_temporal_queries": len(temporal), "frames_per_video": 2 * frames_per_event,
             "fps": fps, "frame_size": frame_size, "seconds": time.time() - start}
