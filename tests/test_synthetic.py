@@ -11,7 +11,7 @@ import pytest
 from tvr.dataloaders import DataConfig, build_eval_dataset
 from tvr.dataloaders.base import RetrievalSplit
 from tvr.dataloaders.synthetic import (COLOURS, DIRECTIONS, OPPOSITE, SHAPES, captions_for, generate,
-                                       main, render_frames)
+                                       load_temporal_queries, main, render_frames, temporal_metrics)
 
 NUM_TRAIN, NUM_TEST = 14, 10
 
@@ -130,3 +130,31 @@ def test_deterministic_for_a_seed(dataset, tmp_path):
 def test_too_many_test_videos_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="distinct test videos"):
         generate(str(tmp_path), num_train=1, num_test=100000, workers=1)
+
+
+def test_temporal_metrics_on_twin_pairs(dataset):
+    import torch
+
+    out, _ = dataset
+    anns = os.path.join(out, "anns")
+    temporal = load_temporal_queries(anns)
+    assert load_temporal_queries(out) is None  # no file: a real dataset
+    ev = build_eval_dataset(DataConfig(anno_path=anns, video_path=os.path.join(out, "videos")), "test")
+    n = len(ev.video_ids)
+    perfect = torch.eye(n)
+    m = temporal_metrics(perfect, ev.query_to_video, ev.video_ids, temporal)
+    assert m == {"temporal_R1": 100.0, "twin_accuracy": 100.0, "num_temporal_queries": 4}
+    # a time-blind score: twins tie with the right video -> no hit, no win
+    blind = torch.eye(n)
+    for p in temporal["pairs"]:
+        a, b = ev.video_ids.index(p["video_id"]), ev.video_ids.index(p["twin"])
+        blind[a, b] = blind[b, a] = 1.0
+    m = temporal_metrics(blind, ev.query_to_video, ev.video_ids, temporal)
+    assert m["temporal_R1"] == 0.0 and m["twin_accuracy"] == 0.0
+    # the first pair ranked the wrong way round, the other right
+    p = temporal["pairs"][0]
+    a, b = ev.video_ids.index(p["video_id"]), ev.video_ids.index(p["twin"])
+    swapped = torch.eye(n)
+    swapped[a, b] = swapped[b, a] = 2.0
+    m = temporal_metrics(swapped, ev.query_to_video, ev.video_ids, temporal)
+    assert m["twin_accuracy"] == 50.0 and m["temporal_R1"] == 50.0

@@ -27,8 +27,9 @@ A twin's frames are (nearly) the same set of images in a different order, so no 
 bag-of-frames score can tell the twins apart: only a model that uses frame order can rank the
 right one first. temporal_queries.json lists, for the test split, the query indices (= rows of
 MSRVTT_JSFUSION_test.csv = evaluation query indices), their video ids, and the twin pairs with
-their kind. Evaluate R@1 on those queries to measure temporal understanding; a frame-only model
-is expected to score about 50% R@1 on them at best.
+their kind. `temporal_metrics(sim, query_to_video, video_ids, load_temporal_queries(anno_path))`
+gives R@1 on those queries and the twin accuracy (own video scored above its twin; 50% = blind
+to time, which is where a frame-only model sits).
 
 With --video_framerate 2 --max_frames 12 the loader keeps 12 frames (every 4th), 6 per event;
 with --video_framerate 1, 6 frames. Output is deterministic for a given seed and arguments
@@ -269,6 +270,46 @@ def generate(output_dir: str, num_train: int = 1000, num_test: int = 200, seed: 
     return {"output_dir": output_dir, "num_train": num_train, "num_test": num_test,
             "num_temporal_queries": len(temporal), "frames_per_video": 2 * frames_per_event,
             "fps": fps, "frame_size": frame_size, "seconds": time.time() - start}
+
+
+# ------------------------------------------------------------------------- temporal evaluation
+def load_temporal_queries(anno_path: str) -> dict | None:
+    """anno_path/temporal_queries.json, or None when absent (every real dataset)."""
+    path = os.path.join(anno_path, "temporal_queries.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def temporal_metrics(sim, query_to_video, video_ids: list[str], temporal: dict) -> dict:
+    """Scores on the temporal hard queries (percent).
+
+    sim: Nq x Nv similarity (rows = evaluation queries); query_to_video: Nq; video_ids: Nv.
+    temporal_R1: R@1 over the temporal queries, a tie with another video counting as a miss.
+    twin_accuracy: how often a temporal query scores its own video strictly above its twin
+    (50 = blind to time; a frame-only model sits there).
+    """
+    import torch
+
+    sim = torch.as_tensor(sim, dtype=torch.float64)
+    q2v = torch.as_tensor(query_to_video).long()
+    column = {v: i for i, v in enumerate(video_ids)}
+    twin = {}
+    for p in temporal["pairs"]:
+        twin[column[p["video_id"]]] = column[p["twin"]]
+        twin[column[p["twin"]]] = column[p["video_id"]]
+    hits = wins = 0
+    queries = temporal["query_indices"]
+    for q in queries:
+        gt = int(q2v[q])
+        row = sim[q]
+        others = torch.cat([row[:gt], row[gt + 1:]])
+        hits += bool(row[gt] > others.max())
+        wins += bool(row[gt] > row[twin[gt]])
+    n = max(1, len(queries))
+    return {"temporal_R1": 100.0 * hits / n, "twin_accuracy": 100.0 * wins / n,
+            "num_temporal_queries": len(queries)}
 
 
 def main(argv=None) -> None:
