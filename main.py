@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from tvr.dataloaders import DataConfig, build_eval_dataset, build_train_dataset, check_annotation_files
+from tvr.dataloaders.synthetic import load_temporal_queries, temporal_metrics
 from tvr.engine.evaluate import evaluate
 from tvr.engine.train import TrainState, train_one_epoch
 from tvr.models.modeling import VideoColBERT
@@ -172,10 +173,15 @@ def main(argv=None) -> dict:
         train(args, runtime, model, data_cfg)
     if args.do_eval:
         test_data = build_eval_dataset(data_cfg, "test")
-        results, _ = evaluate(model, test_data, runtime, args.batch_size_val, args.workers, args.precision, args.dsl)
+        results, sim = evaluate(model, test_data, runtime, args.batch_size_val, args.workers, args.precision, args.dsl)
         if runtime.is_main:
             log_results("test", results)
-            atomic_save_json(results_json(results), os.path.join(args.output_dir, "eval_results.json"))
+            summary = results_json(results)
+            temporal = load_temporal_queries(args.anno_path)  # only the synthetic dataset has one
+            if temporal is not None:
+                summary["temporal"] = temporal_metrics(sim, test_data.query_to_video, test_data.video_ids, temporal)
+                logger.info("test temporal hard queries: %s", summary["temporal"])
+            atomic_save_json(summary, os.path.join(args.output_dir, "eval_results.json"))
     cleanup_distributed()
     return results
 

@@ -56,7 +56,8 @@ def test_train_and_eval_writes_everything(reference_run):
     for name in ("log.txt", "eval_results.json", "epoch0.pth", "epoch1.pth", "best.pth", "last.pth"):
         assert (out / name).exists(), name
     saved = json.loads((out / "eval_results.json").read_text())
-    assert set(saved) == {"t2v", "v2t"}
+    assert set(saved) == {"t2v", "v2t", "temporal"}  # the synthetic set marks its temporal queries
+    assert 0 <= saved["temporal"]["twin_accuracy"] <= 100
     for direction in ("t2v", "v2t"):
         assert set(saved[direction]) == {"R1", "R5", "R10", "MdR", "MnR"}
         assert saved[direction]["R1"] == pytest.approx(results[direction]["R1"])
@@ -117,7 +118,9 @@ def test_two_process_eval_equals_one_process(dataset, reference_run, tmp_path):
     single = main_module.main(common_args(dataset, tmp_path / "one", "--do_eval", "--init_model", str(ref_out / "best.pth")))
     _launch(common_args(dataset, tmp_path / "two", "--do_eval", "--init_model", str(ref_out / "best.pth")), 2, "launch")
     two = json.loads((tmp_path / "two" / "eval_results.json").read_text())
-    assert two == json.loads((tmp_path / "one" / "eval_results.json").read_text())
+    one = json.loads((tmp_path / "one" / "eval_results.json").read_text())
+    for key in ("t2v", "v2t", "temporal"):
+        assert two[key] == pytest.approx(one[key], abs=1e-9), key
     assert two["t2v"]["R1"] == pytest.approx(single["t2v"]["R1"])
 
 
@@ -156,3 +159,29 @@ def test_local_rank_flag_and_environment(monkeypatch):
     assert parse_args(base + ["--local_rank", "2"]).local_rank == 2
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert parse_args(base + ["--local-rank=3"]).local_rank == 1
+
+
+def test_undecodable_videos_are_reported_not_hidden(dataset, reference_run, tmp_path):
+    """Training replaces the sample and counts it; evaluation stops, or with
+    --allow_decode_errors scores the video as never retrieved and lists it."""
+    import shutil
+
+    from tvr.dataloaders import VideoDecodeError
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    test_video = json.loads((data / "anns" / "temporal_queries.json").read_text())["video_ids"][0]
+    train_video = (data / "anns" / "MSRVTT_train.9k.csv").read_text().split()[1]
+    for vid in (test_video, train_video):
+        (data / "videos" / f"{vid}.mp4").write_bytes(b"not a video at all" * 100)
+
+    out = tmp_path / "train"
+    main_module.main(common_args(data, out, "--do_train", "--epochs", "1"))
+    assert "samples were replaced because their video failed to decode" in (out / "log.txt").read_text()
+
+    ckpt = str(reference_run[0] / "best.pth")
+    with pytest.raises(VideoDecodeError, match=f"{test_video}.mp4"):
+        main_module.main(common_args(data, tmp_path / "strict", "--do_eval", "--init_model", ckpt))
+    results = main_module.main(common_args(data, tmp_path / "lenient", "--do_eval", "--init_model", ckpt, "--allow_decode_errors", "1"))
+    saved = json.loads((tmp_path / "lenient" / "eval_results.json").read_text())
+    assert saved["failed_videos"] == [test_video] == results["failed_videos"]

@@ -162,3 +162,35 @@ def test_one_backward_reaches_every_part(clip, loss):
         grad = params[name].grad
         assert grad is not None and grad.abs().sum() > 0, f"no gradient reached {name}"
     assert torch.isfinite(total) and stats
+
+
+def test_grad_checkpointing_gives_the_same_gradients(clip):
+    ids, mask = tokenize(CAPTIONS, 16)
+    video, vmask = make_video()
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model(load_clip("scratch:tiny"), loss="sigmoid").train()
+        model.load_state_dict(make_model(clip).state_dict())  # identical weights both times
+        model.set_grad_checkpointing(checkpointing)
+        loss, _ = model(ids, mask, video, vmask)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_scores_match_fp32_on_cuda(clip, dtype):
+    model = make_model(clip).cuda()
+    ids, mask = tokenize(CAPTIONS, 16)
+    video, vmask = make_video()
+    ids, mask, video, vmask = ids.cuda(), mask.cuda(), video.cuda(), vmask.cuda()
+    with torch.no_grad():
+        ref = model.similarity(model.encode_text(ids, mask), model.encode_video(video, vmask))
+        with torch.autocast("cuda", dtype=dtype):
+            text, videos = model.encode_text(ids, mask), model.encode_video(video, vmask)
+        low = model.similarity(text, videos)
+    torch.testing.assert_close(low.float(), ref, rtol=0, atol=3e-2)
