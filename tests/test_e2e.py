@@ -172,12 +172,15 @@ def test_undecodable_videos_are_reported_not_hidden(dataset, reference_run, tmp_
     shutil.copytree(dataset, data)
     test_video = json.loads((data / "anns" / "temporal_queries.json").read_text())["video_ids"][0]
     train_video = (data / "anns" / "MSRVTT_train.9k.csv").read_text().split()[1]
-    for vid in (test_video, train_video):
+    def corrupt(vid):
         (data / "videos" / f"{vid}.mp4").write_bytes(b"not a video at all" * 100)
 
+    corrupt(train_video)
     out = tmp_path / "train"
     main_module.main(common_args(data, out, "--do_train", "--epochs", "1"))
     assert "samples were replaced because their video failed to decode" in (out / "log.txt").read_text()
+
+    corrupt(test_video)
 
     ckpt = str(reference_run[0] / "best.pth")
     with pytest.raises(VideoDecodeError, match=f"{test_video}.mp4"):
