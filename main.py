@@ -24,7 +24,14 @@ from tvr.engine.train import TrainState, train_one_epoch
 from tvr.models.modeling import VideoColBERT
 from tvr.models.module_clip import load_clip
 from tvr.options import model_config, parse_args
-from tvr.utils.checkpoint import atomic_save, load_checkpoint, load_model_weights, rng_state, set_rng_state
+from tvr.utils.checkpoint import (
+    atomic_save,
+    extract_state_dict,
+    load_checkpoint,
+    load_model_weights,
+    rng_state,
+    set_rng_state,
+)
 from tvr.utils.launch import Runtime, cleanup_distributed, setup_distributed
 from tvr.utils.logger import log_args, setup_logging
 from tvr.utils.metrics import format_metrics
@@ -114,6 +121,8 @@ def train(args, runtime: Runtime, model: VideoColBERT, data_cfg) -> None:
 
     while state.epoch < args.epochs:
         sampler.set_epoch(state.epoch, state.step_in_epoch)
+        # Worker seeds (frame jitter) depend on the epoch alone, so a resumed epoch draws the same.
+        loader.generator.manual_seed(args.seed * 1_000_003 + state.epoch)
         replaced = train_one_epoch(
             ddp_model, loader, optimizer, scheduler, scaler, state,
             device=runtime.device, precision=args.precision, grad_clip=args.grad_clip,
@@ -160,12 +169,11 @@ def main(argv=None) -> dict:
     check_annotation_files(DataConfig.from_args(args), splits=splits)
     clip = load_clip(args.base_encoder, cache_dir=args.clip_cache_dir)
     data_cfg = DataConfig.from_args(args, input_resolution=clip.input_resolution)
-    model = VideoColBERT(clip, model_config(args, args.max_frames)).to(runtime.device)
+    model = VideoColBERT(clip, model_config(args)).to(runtime.device)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if args.init_model:
-        ckpt = load_checkpoint(args.init_model)
-        load_model_weights(model, ckpt.get("model", ckpt))
+        load_model_weights(model, extract_state_dict(load_checkpoint(args.init_model)))
         logger.info("initialised model weights from %s", args.init_model)
 
     results = None

@@ -88,7 +88,6 @@ def test_msrvtt_train_9k_7k_and_jsfusion_test(tmp_path, clip_file):
 
 
 def test_train_item_keys_shapes_and_padding(tmp_path, clip_file):
-    pytest.importorskip("tvr.models.tokenization_clip")
     write_msrvtt(tmp_path, clip_file)
     ds = build_train_dataset(cfg_for(tmp_path, "msrvtt"))
     item = ds[3]
@@ -109,7 +108,6 @@ def test_train_item_keys_shapes_and_padding(tmp_path, clip_file):
 
 
 def test_dataloader_workers_collate_and_jitter(tmp_path, clip_file):
-    pytest.importorskip("tvr.models.tokenization_clip")
     write_msrvtt(tmp_path, clip_file)
     ds = build_train_dataset(cfg_for(tmp_path, "msrvtt", frame_jitter=True))
     loader = DataLoader(ds, batch_size=5, num_workers=1)
@@ -301,7 +299,6 @@ def one_bad_video(tmp_path, clip_file):
 
 
 def test_train_decode_failure_replaces_sample_deterministically(tmp_path, one_bad_video, caplog):
-    pytest.importorskip("tvr.models.tokenization_clip")
     ds = build_train_dataset(cfg_for(tmp_path, "msrvtt"))
     bad_index = 3  # ("video2", "cars race")
     with caplog.at_level(logging.WARNING, logger="tvr.dataloaders.base"):

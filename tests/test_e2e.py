@@ -2,9 +2,11 @@
 runs reproduce the one-process, uninterrupted results."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -96,6 +98,30 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(dataset, reference_r
     assert_same_weights(final_weights(out), final_weights(ref_out))
     assert results == ref_results
     assert "resumed from" in (out / "log.txt").read_text()
+
+
+def test_resume_after_sigkill_matches_the_uninterrupted_run(dataset, reference_run, tmp_path):
+    """A real kill: SIGKILL as soon as the first last.pth lands, then --resume."""
+    out = tmp_path / "killed"
+    args = common_args(dataset, out, "--do_train", "--do_eval")
+    proc = subprocess.Popen([sys.executable, "main.py"] + args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while not (out / "last.pth").exists():
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert torch.load(out / "last.pth", weights_only=True)["state"]["global_step"] < 12
+
+    results = main_module.main(args + ["--resume"])
+    ref_out, ref_results = reference_run
+    assert_same_weights(final_weights(out), final_weights(ref_out), atol=1e-6)
+    for direction in ("t2v", "v2t"):
+        assert results[direction] == pytest.approx(ref_results[direction])
 
 
 def _launch(args, nproc, launcher):

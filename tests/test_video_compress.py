@@ -3,12 +3,11 @@ import importlib.util
 import os
 import sys
 
+import decord
 import numpy as np
 import pytest
 
 from tvr.dataloaders.synthetic import write_video
-
-decord = pytest.importorskip("decord")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

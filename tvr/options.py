@@ -1,6 +1,6 @@
 """Command-line flags: defined once here, shown with their defaults by ``main.py --help``.
 
-Library code never sees the argparse namespace: ``model_config`` and ``data_config`` turn it into
+Library code never sees the argparse namespace: ``model_config`` here and ``DataConfig.from_args`` turn it into
 the small config objects the model and the datasets are built from.
 """
 import argparse
@@ -104,14 +104,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def model_config(args, max_frames: int) -> ModelConfig:
+def model_config(args) -> ModelConfig:
     return ModelConfig(
         interaction=args.interaction,
         branches=args.branches,
         query_expansion=args.query_expansion,
         visual_expansion=args.visual_expansion,
         temporal_layers=args.temporal_layers,
-        max_frames=max_frames,
+        max_frames=args.max_frames,
         loss=args.loss,
         dual_loss=args.dual_loss,
         init_log_temperature=math.log(args.init_temperature),

@@ -1,7 +1,7 @@
 """Evaluation: encode every text and video once, score in shards, compute retrieval metrics.
 
 Each rank encodes a contiguous slice of the texts and of the videos, all ranks gather the video
-tokens, and each scores only its own texts against all videos; rank 0 assembles the rows.
+tokens, and each scores only its own texts against all videos; rank 0 alone receives the rows.
 No rank computes the full similarity matrix alone.
 """
 import logging
@@ -27,9 +27,15 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def _shard_loader(dataset, runtime: Runtime, batch_size: int, workers: int) -> DataLoader:
-    shard = Subset(dataset, list(shard_range(len(dataset), runtime.rank, runtime.world_size)))
+    """This rank's contiguous slice. A rank left with nothing (more ranks than items) still encodes
+    item 0 once, so that its outputs have the right shapes; the caller keeps none of its rows."""
+    indices = list(shard_range(len(dataset), runtime.rank, runtime.world_size)) or [0]
     local_batch = max(1, batch_size // runtime.world_size)
-    return DataLoader(shard, batch_size=local_batch, shuffle=False, num_workers=workers, pin_memory=runtime.device.type == "cuda")
+    return DataLoader(Subset(dataset, indices), batch_size=local_batch, shuffle=False, num_workers=workers, pin_memory=runtime.device.type == "cuda")
+
+
+def _local_count(dataset, runtime: Runtime) -> int:
+    return len(shard_range(len(dataset), runtime.rank, runtime.world_size))
 
 
 def _cat_token_sets(parts) -> TokenSet:
@@ -43,7 +49,9 @@ def encode_texts(model: VideoColBERT, dataset, runtime: Runtime, batch_size: int
         with autocast_context(runtime.device, precision):
             out = model.encode_text(batch["text_ids"].to(runtime.device), batch["text_mask"].to(runtime.device))
         parts.append(TokenSet(out.tokens.float(), out.mask))
-    return _cat_token_sets(parts)
+    n = _local_count(dataset, runtime)
+    texts = _cat_token_sets(parts)
+    return TokenSet(texts.tokens[:n], texts.mask[:n])
 
 
 @torch.no_grad()
@@ -57,9 +65,10 @@ def encode_videos(model: VideoColBERT, dataset, runtime: Runtime, batch_size: in
         for name, ts in out.items():
             parts.setdefault(name, []).append(TokenSet(ts.tokens.float(), ts.mask))
         failed.append(batch["failed"].to(runtime.device).bool())
+    n = _local_count(dataset, runtime)
     local = {name: _cat_token_sets(p) for name, p in parts.items()}
-    videos = {name: TokenSet(gather_rows(ts.tokens), gather_rows(ts.mask)) for name, ts in local.items()}
-    return videos, gather_rows(torch.cat(failed))
+    videos = {name: TokenSet(gather_rows(ts.tokens[:n]), gather_rows(ts.mask[:n])) for name, ts in local.items()}
+    return videos, gather_rows(torch.cat(failed)[:n])
 
 
 @torch.no_grad()
@@ -79,9 +88,10 @@ def evaluate(
     sim_local = model.similarity(texts, videos)  # n_local_texts x Nv
     # Videos that could not be decoded (only with --allow_decode_errors) are never retrieved.
     sim_local[:, failed] = float("-inf")
-    sim = gather_rows(sim_local).cpu()  # Nq x Nv
+    sim = gather_rows(sim_local, dst=0)  # Nq x Nv, on rank 0 only
     if not runtime.is_main:
         return None, None
+    sim = sim.cpu()
     query_to_video = torch.as_tensor(eval_data.query_to_video)
     # Dual softmax normalises each direction's candidates: over texts for t2v, over videos for v2t.
     sim_t2v = dual_softmax_rerank(sim, dim=0) if dsl else sim

@@ -70,8 +70,14 @@ class VideoColBERT(nn.Module):
         width = clip.embed_dim
         self.temporal: Optional[TemporalEncoder] = None
         if config.interaction != "meanp" and "video" in config.branches:
+            text_width = clip.transformer.width
+            if text_width != width or width % 64:
+                raise ValueError(
+                    f"the temporal encoder is initialised from CLIP's text blocks, so it needs text width "
+                    f"({text_width}) == embedding dim ({width}), a multiple of 64 (heads = width / 64)"
+                )
             self.temporal = TemporalEncoder(
-                width, config.temporal_layers, max(1, width // 64), config.max_frames, config.visual_expansion
+                width, config.temporal_layers, width // 64, config.max_frames, config.visual_expansion
             )
             self.temporal.init_from_clip(clip)
         self.loss = RetrievalLoss(
@@ -103,7 +109,7 @@ class VideoColBERT(nn.Module):
         return TokenSet(tokens, mask)
 
     def encode_frames(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-        """video: B x T x 3 x R x R, video_mask: B x T. Returns raw projected CLS tokens B x T x D.
+        """video: B x T x 3 x R x R, video_mask: B x T. Returns projected CLS tokens B x T x D (not normalised).
 
         Only real frames go through the image encoder; padded slots stay zero vectors.
         """
@@ -116,19 +122,20 @@ class VideoColBERT(nn.Module):
 
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> Dict[str, TokenSet]:
         """Returns one token set per active branch."""
-        raw = self.encode_frames(video, video_mask)  # B x T x D
+        frames = F.normalize(self.encode_frames(video, video_mask), dim=-1)  # B x T x D
         frame_mask = video_mask.long()
-        frames = F.normalize(raw, dim=-1)
         out: Dict[str, TokenSet] = {}
         if self.config.interaction == "meanp":
             weights = frame_mask.unsqueeze(-1).to(frames.dtype)  # B x T x 1
             mean = (frames * weights).sum(1) / weights.sum(1).clamp(min=1)  # B x D
-            out["meanp"] = TokenSet(F.normalize(mean, dim=-1).unsqueeze(1), frame_mask.new_ones(raw.shape[0], 1))
+            out["meanp"] = TokenSet(F.normalize(mean, dim=-1).unsqueeze(1), frame_mask.new_ones(frames.shape[0], 1))
             return out
         if "frame" in self.config.branches:
             out["frame"] = TokenSet(frames, frame_mask)
         if "video" in self.config.branches:
-            tokens, mask = self.temporal(raw, frame_mask)  # B x (T+N) x D
+            # The temporal encoder reads the normalised frame tokens (DESIGN.md §2): unit vectors
+            # sit close to the scale of the text residual stream its blocks were trained on.
+            tokens, mask = self.temporal(frames, frame_mask)  # B x (T+N) x D
             out["video"] = TokenSet(F.normalize(tokens, dim=-1), mask.long())
         return out
 

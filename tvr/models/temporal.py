@@ -37,7 +37,7 @@ class TemporalEncoder(nn.Module):
         self.frame_position_embedding[:n].copy_(clip.positional_embedding[:n])
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor):
-        """frames: B x T x D frame tokens, frame_mask: B x T (1 = real frame).
+        """frames: B x T x D normalised frame tokens, frame_mask: B x T (1 = real frame).
 
         Returns video tokens B x (T + N) x D (not normalised) and their mask B x (T + N).
         """
@@ -51,6 +51,6 @@ class TemporalEncoder(nn.Module):
         if self.transformer is not None:
             # Expansion tokens are never padding, so no row of the key mask is all-True (no NaN).
             x = self.transformer(x.permute(1, 0, 2), key_padding_mask=~mask).permute(1, 0, 2)
-            # Frame outputs keep a residual from the raw frame tokens; expansion outputs have none.
+            # Frame outputs keep a residual from their input tokens; expansion outputs have none.
             x = torch.cat([x[:, :num_frames] + frames, x[:, num_frames:]], dim=1)
         return x, mask
