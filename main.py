@@ -63,6 +63,25 @@ def log_results(split: str, results: dict) -> None:
         logger.info("%s %s", split, format_metrics(direction, results[direction]))
 
 
+# Flags that shape the trajectory of a run: resuming with another value would silently mix two runs.
+RESUME_MUST_MATCH = (
+    "datatype", "train_list", "base_encoder", "batch_size", "epochs", "lr", "coef_lr", "weight_decay",
+    "warmup_proportion", "seed", "max_words", "max_frames", "video_framerate", "slice_framepos",
+    "interaction", "branches", "query_expansion", "visual_expansion", "temporal_layers", "loss", "dual_loss",
+)
+
+
+def check_resume_args(saved: dict, args, path: str) -> None:
+    differ = [
+        f"--{k} {saved[k]!r} in the checkpoint, {getattr(args, k)!r} now"
+        for k in RESUME_MUST_MATCH
+        if k in saved and saved[k] != getattr(args, k)
+    ]
+    if differ:
+        raise ValueError(f"--resume: {path} was written by a run with other settings: " + "; ".join(differ)
+                         + ". Resume with the same flags, or use another --output_dir.")
+
+
 def train(args, runtime: Runtime, model: VideoColBERT, data_cfg) -> None:
     train_set = build_train_dataset(data_cfg)
     val_data = build_eval_dataset(data_cfg, "val")
@@ -85,6 +104,7 @@ def train(args, runtime: Runtime, model: VideoColBERT, data_cfg) -> None:
     last_path = os.path.join(args.output_dir, LAST)
     if args.resume and os.path.exists(last_path):
         ckpt = load_checkpoint(last_path)
+        check_resume_args(ckpt.get("args", {}), args, last_path)
         load_model_weights(model, ckpt["model"], strict=True)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -99,6 +99,12 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(dataset, reference_r
     assert results == ref_results
     assert "resumed from" in (out / "log.txt").read_text()
 
+    # Resuming with flags that change the run is refused, naming them; the checkpoint is untouched.
+    before = (out / "last.pth").read_bytes()
+    with pytest.raises(ValueError, match=r"--batch_size 16 in the checkpoint, 8 now"):
+        main_module.main(common_args(dataset, out, "--do_train", "--resume", "--batch_size", "8"))
+    assert (out / "last.pth").read_bytes() == before
+
 
 def test_resume_after_sigkill_matches_the_uninterrupted_run(dataset, reference_run, tmp_path):
     """A real kill: SIGKILL as soon as the first last.pth lands, then --resume."""
