@@ -5,7 +5,6 @@
 
 ``python main.py --help`` lists every flag with its default; train.sh / eval.sh wrap the usual runs.
 """
-import json
 import logging
 import os
 import random
@@ -26,6 +25,7 @@ from tvr.models.module_clip import load_clip
 from tvr.options import model_config, parse_args
 from tvr.utils.checkpoint import (
     atomic_save,
+    atomic_save_json,
     extract_state_dict,
     load_checkpoint,
     load_model_weights,
@@ -51,8 +51,8 @@ def seed_everything(seed: int) -> None:
 
 def results_json(results: dict) -> dict:
     """eval_results.json uses the names of the paper tables: MdR / MnR."""
-    rename = {"R1": "R1", "R5": "R5", "R10": "R10", "MR": "MdR", "MeanR": "MnR"}
-    out = {d: {rename[k]: float(results[d][k]) for k in rename} for d in ("t2v", "v2t")}
+    keys = ("R1", "R5", "R10", "MdR", "MnR")
+    out = {d: {k: float(results[d][k]) for k in keys} for d in ("t2v", "v2t")}
     if "failed_videos" in results:
         out["failed_videos"] = results["failed_videos"]
     return out
@@ -212,13 +212,6 @@ def main(argv=None) -> dict:
             atomic_save_json(summary, os.path.join(args.output_dir, "eval_results.json"))
     cleanup_distributed()
     return results
-
-
-def atomic_save_json(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

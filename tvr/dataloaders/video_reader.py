@@ -163,23 +163,21 @@ def _read_opencv(path: str, index_fn: IndexFn) -> DecodedFrames:
     if not cap.isOpened():
         raise RuntimeError("OpenCV cannot open the file")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    num_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     cap.release()
-    if num_frames <= 0:
-        num_frames = _opencv_count_frames(path)
-    if num_frames <= 0:
-        raise RuntimeError("OpenCV found no frames")
-    indices = index_fn(num_frames, fps)
-    frames = _opencv_grab(path, indices)
-    if not frames:
-        # The container's frame count was too high: count for real and choose again.
-        num_frames = _opencv_count_frames(path)
+    # First trust the container's frame count; when it is missing or too high (the selected frames
+    # run past the end), count the frames for real and choose again.
+    for num_frames in (header_count, None):
+        if num_frames is None or num_frames <= 0:
+            num_frames = _opencv_count_frames(path)
         if num_frames <= 0:
-            raise RuntimeError("OpenCV decoded no frames")
+            raise RuntimeError("OpenCV found no frames")
         indices = index_fn(num_frames, fps)
         frames = _opencv_grab(path, indices)
-        if not frames:
-            raise RuntimeError("OpenCV could not decode the selected frames")
+        if frames:
+            break
+    else:
+        raise RuntimeError("OpenCV could not decode the selected frames")
     return DecodedFrames(np.stack(frames), indices, num_frames, fps, "opencv")
 
 

@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..models.modeling import TokenSet, VideoColBERT
-from ..utils.launch import Runtime, gather_rows
+from ..utils.distributed import all_gather_no_grad, gather_to_rank
+from ..utils.launch import Runtime
 from ..utils.metrics import dual_softmax_rerank, t2v_metrics, v2t_metrics
 from ..utils.sampling import shard_range
 
@@ -67,8 +68,8 @@ def encode_videos(model: VideoColBERT, dataset, runtime: Runtime, batch_size: in
         failed.append(batch["failed"].to(runtime.device).bool())
     n = _local_count(dataset, runtime)
     local = {name: _cat_token_sets(p) for name, p in parts.items()}
-    videos = {name: TokenSet(gather_rows(ts.tokens[:n]), gather_rows(ts.mask[:n])) for name, ts in local.items()}
-    return videos, gather_rows(torch.cat(failed)[:n])
+    videos = {name: TokenSet(all_gather_no_grad(ts.tokens[:n]), all_gather_no_grad(ts.mask[:n])) for name, ts in local.items()}
+    return videos, all_gather_no_grad(torch.cat(failed)[:n])
 
 
 @torch.no_grad()
@@ -88,7 +89,7 @@ def evaluate(
     sim_local = model.similarity(texts, videos)  # n_local_texts x Nv
     # Videos that could not be decoded (only with --allow_decode_errors) are never retrieved.
     sim_local[:, failed] = float("-inf")
-    sim = gather_rows(sim_local, dst=0)  # Nq x Nv, on rank 0 only
+    sim = gather_to_rank(sim_local, dst=0)  # Nq x Nv, on rank 0 only
     if not runtime.is_main:
         return None, None
     sim = sim.cpu()

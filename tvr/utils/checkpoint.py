@@ -8,12 +8,13 @@ Why: a run killed while writing must never leave a truncated file under a checkp
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import uuid
 from collections.abc import Mapping
-from typing import Any, Dict, List, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -36,7 +37,17 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file under ``path``.
+    """``torch.save(obj, path)`` that never leaves a partial file under ``path`` (see atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_save_json(obj: Any, path: str) -> None:
+    """``json.dump`` with atomic_write's guarantees (e.g. eval_results.json)."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode("utf-8")))
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Run ``write`` on a binary file that appears under ``path`` only once complete.
 
     Writes ``<dir>/.<name>.<pid>.<random>.tmp`` in the destination folder (same file system, so the
     rename is atomic), flushes and fsyncs it, then ``os.replace``s it onto ``path``.  On any error the
@@ -50,7 +61,7 @@ def atomic_save(obj: Any, path: str) -> None:
     try:
         # "xb": fail rather than clobber; default permissions (0666 & ~umask) like a plain torch.save.
         with open(tmp, "xb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -58,20 +58,22 @@ def gather_sizes(n: int, device: Optional[torch.device] = None, group=None) -> L
     return [int(s.item()) for s in out]
 
 
+def _pad_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x with zero rows appended up to n rows (collectives need equal shapes on every rank)."""
+    if x.shape[0] == n:
+        return x
+    return torch.cat([x, x.new_zeros((n - x.shape[0],) + tuple(x.shape[1:]))], dim=0)
+
+
 def _gather(x: torch.Tensor, group=None):
     """Concatenate every rank's x along dim 0; returns (gathered, sizes)."""
     world = dist.get_world_size(group)
     x = x.contiguous()
     sizes = gather_sizes(x.shape[0], x.device, group)
-    max_n = max(sizes)
-    if x.shape[0] < max_n:  # all_gather needs equal shapes: pad, then trim
-        pad = x.new_zeros((max_n - x.shape[0],) + tuple(x.shape[1:]))
-        x = torch.cat([x, pad], dim=0)
+    x = _pad_rows(x, max(sizes))
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x, group=group)
-    if any(s != max_n for s in sizes):
-        parts = [p[:s] for p, s in zip(parts, sizes)]
-    return torch.cat(parts, dim=0), sizes
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0), sizes
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -110,3 +112,19 @@ def all_gather_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     if not is_distributed() or dist.get_world_size(group) == 1:
         return x.detach()
     return _gather(x.detach(), group)[0]
+
+
+@torch.no_grad()
+def gather_to_rank(x: torch.Tensor, dst: int = 0, group=None) -> Optional[torch.Tensor]:
+    """Like all_gather_no_grad, but only rank ``dst`` receives the result (others get None): for a
+    large result only one rank needs, such as the evaluation similarity matrix."""
+    if not is_distributed() or dist.get_world_size(group) == 1:
+        return x.detach()
+    x = x.detach().contiguous()
+    sizes = gather_sizes(x.shape[0], x.device, group)
+    x = _pad_rows(x, max(sizes))
+    parts = [torch.empty_like(x) for _ in sizes] if dist.get_rank(group) == dst else None
+    dist.gather(x, parts, dst=dst, group=group)
+    if parts is None:
+        return None
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)

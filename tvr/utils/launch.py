@@ -2,7 +2,6 @@
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -45,30 +44,3 @@ def setup_distributed(local_rank: int) -> Runtime:
 def cleanup_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def gather_rows(x: torch.Tensor, dst: Optional[int] = None) -> Optional[torch.Tensor]:
-    """Concatenate dim 0 of per-rank tensors of different lengths (evaluation shards), in rank order.
-
-    With ``dst=None`` every rank gets the result; otherwise only rank ``dst`` does and the others
-    get None (so the full similarity matrix lives on one rank only).
-    """
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return x
-    world = dist.get_world_size()
-    size = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s) for s in sizes]
-    padded = x.new_zeros((max(sizes),) + tuple(x.shape[1:]))
-    padded[: x.shape[0]] = x
-    if dst is None:
-        parts = [torch.zeros_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-    else:
-        parts = [torch.zeros_like(padded) for _ in range(world)] if dist.get_rank() == dst else None
-        dist.gather(padded, parts, dst=dst)
-        if parts is None:
-            return None
-    # Drop the padding rows each rank added to make the shapes equal.
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
