@@ -1,46 +1,36 @@
 """Train and evaluate Video-ColBERT.
 
-    python main.py --do_train --do_eval --anno_path ... --video_path ... [flags]
+    python main.py --do_train 1 --do_eval 1 --anno_path ... --video_path ... [flags]
     torchrun --nproc_per_node 4 main.py ...          (or python -m torch.distributed.launch)
+    python main.py --do_eval 1 --init_model ckpt.pth --anno_path ... --video_path ...
 
-``python main.py --help`` lists every flag with its default; train.sh / eval.sh wrap the usual runs.
+``python main.py --help`` lists every flag with its default; train.sh / eval.sh run the per-dataset
+recipes in configs/. This file only wires: parse, check, build, then train and/or evaluate.
 """
+import json
 import logging
 import os
 import random
+import shutil
 import sys
+import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
-from tvr.dataloaders import DataConfig, build_eval_dataset, build_train_dataset, check_annotation_files
+from tvr.config import RunConfig, reconcile_with_checkpoint
+from tvr.dataloaders import build_eval_dataset, build_train_dataset, check_annotation_files
 from tvr.dataloaders.synthetic import load_temporal_queries, temporal_metrics
-from tvr.engine.evaluate import evaluate
-from tvr.engine.train import TrainState, train_one_epoch
-from tvr.models.modeling import VideoColBERT
-from tvr.models.module_clip import load_clip
-from tvr.options import model_config, parse_args
-from tvr.utils.checkpoint import (
-    atomic_save,
-    atomic_save_json,
-    extract_state_dict,
-    load_checkpoint,
-    load_model_weights,
-    rng_state,
-    set_rng_state,
-)
-from tvr.utils.launch import Runtime, cleanup_distributed, setup_distributed
+from tvr.engine.evaluate import evaluate, log_results, results_summary
+from tvr.engine.model_io import build_model, stored_config
+from tvr.engine.trainer import BEST, TrainOptions, fit, prepare_output_dir
+from tvr.options import explicit_flags, parse_args
+from tvr.utils.checkpoint import atomic_save_json, extract_state_dict, load_checkpoint, load_model_weights
+from tvr.utils.launch import cleanup_distributed, setup_distributed
 from tvr.utils.logger import log_args, setup_logging
-from tvr.utils.metrics import format_metrics
-from tvr.utils.optim import build_optimizer, build_param_groups, warmup_cosine_schedule
-from tvr.utils.sampling import GlobalBatchSampler
+from tvr.utils.versions import package_versions
 
 logger = logging.getLogger("main")
-
-LAST, BEST = "last.pth", "best.pth"
 
 
 def seed_everything(seed: int) -> None:
@@ -49,168 +39,106 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def results_json(results: dict) -> dict:
-    """eval_results.json uses the names of the paper tables: MdR / MnR."""
-    keys = ("R1", "R5", "R10", "MdR", "MnR")
-    out = {d: {k: float(results[d][k]) for k in keys} for d in ("t2v", "v2t")}
-    if "failed_videos" in results:
-        out["failed_videos"] = results["failed_videos"]
-    return out
+def resolve_config(args, argv):
+    """The run's configuration, and the checkpoint object when --init_model gives one.
+
+    With --init_model the model (and the data settings it was trained with) come from the checkpoint;
+    typed flags that contradict it are refused. A bare state dict has no configuration: the flags say.
+    """
+    run_cfg = RunConfig.from_args(args)
+    if not args.init_model:
+        return run_cfg, None
+    ckpt = load_checkpoint(args.init_model)
+    stored = stored_config(ckpt, args.init_model)
+    if stored is None:
+        logger.warning("%s holds no configuration (a bare state dict): the model is built from the flags", args.init_model)
+        return run_cfg, ckpt
+    return reconcile_with_checkpoint(run_cfg, stored, explicit_flags(argv), args.init_model), ckpt
 
 
-def log_results(split: str, results: dict) -> None:
-    for direction in ("t2v", "v2t"):
-        logger.info("%s %s", split, format_metrics(direction, results[direction]))
-
-
-# Flags that shape the trajectory of a run: resuming with another value would silently mix two runs.
-RESUME_MUST_MATCH = (
-    "datatype", "train_list", "base_encoder", "batch_size", "epochs", "lr", "coef_lr", "weight_decay",
-    "warmup_proportion", "seed", "max_words", "max_frames", "video_framerate", "slice_framepos",
-    "interaction", "branches", "query_expansion", "visual_expansion", "temporal_layers", "loss", "dual_loss",
-)
-
-
-def check_resume_args(saved: dict, args, path: str) -> None:
-    differ = [
-        f"--{k} {saved[k]!r} in the checkpoint, {getattr(args, k)!r} now"
-        for k in RESUME_MUST_MATCH
-        if k in saved and saved[k] != getattr(args, k)
-    ]
-    if differ:
-        raise ValueError(f"--resume: {path} was written by a run with other settings: " + "; ".join(differ)
-                         + ". Resume with the same flags, or use another --output_dir.")
-
-
-def train(args, runtime: Runtime, model: VideoColBERT, data_cfg) -> None:
-    train_set = build_train_dataset(data_cfg)
-    val_data = build_eval_dataset(data_cfg, "val")
-    sampler = GlobalBatchSampler(len(train_set), args.batch_size, runtime.rank, runtime.world_size, args.seed)
-    loader = DataLoader(
-        train_set,
-        batch_sampler=sampler,
-        num_workers=args.workers,
-        pin_memory=runtime.device.type == "cuda",
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    total_steps = sampler.steps_per_epoch * args.epochs
-    optimizer = build_optimizer(build_param_groups(model, args.lr, args.coef_lr, args.weight_decay))
-    scheduler = warmup_cosine_schedule(optimizer, int(args.warmup_proportion * total_steps), total_steps)
-    use_scaler = args.precision == "fp16" and runtime.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    state = TrainState()
-    logger.info("%d training pairs, %d steps per epoch, %d steps in all", len(train_set), sampler.steps_per_epoch, total_steps)
-
-    last_path = os.path.join(args.output_dir, LAST)
-    if args.resume and os.path.exists(last_path):
-        ckpt = load_checkpoint(last_path)
-        check_resume_args(ckpt.get("args", {}), args, last_path)
-        load_model_weights(model, ckpt["model"], strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        state = TrainState(**ckpt["state"])
-        set_rng_state(ckpt["rng"])
-        logger.info("resumed from %s at epoch %d, step %d", last_path, state.epoch, state.global_step)
-    elif args.resume:
-        logger.info("--resume: no %s yet, starting from scratch", last_path)
-
-    ddp_model = model
-    if runtime.world_size > 1:
-        ddp_model = DistributedDataParallel(model, device_ids=[runtime.local_rank] if runtime.device.type == "cuda" else None)
-
-    def save_last(s: TrainState) -> None:
-        if runtime.is_main:
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "state": vars(s).copy(),
-                    "rng": rng_state(),
-                    "args": vars(args),
-                },
-                last_path,
-            )
-
-    def on_step_end(s: TrainState) -> None:
-        if args.checkpoint_every and s.global_step % args.checkpoint_every == 0 and s.step_in_epoch < sampler.steps_per_epoch:
-            save_last(s)
-
-    while state.epoch < args.epochs:
-        sampler.set_epoch(state.epoch, state.step_in_epoch)
-        # Worker seeds (frame jitter) depend on the epoch alone, so a resumed epoch draws the same.
-        loader.generator.manual_seed(args.seed * 1_000_003 + state.epoch)
-        replaced = train_one_epoch(
-            ddp_model, loader, optimizer, scheduler, scaler, state,
-            device=runtime.device, precision=args.precision, grad_clip=args.grad_clip,
-            n_display=args.n_display, total_steps=total_steps, is_main=runtime.is_main, on_step_end=on_step_end,
-        )
-        replaced = _sum_across_ranks(replaced, runtime)
-        if replaced:
-            logger.warning("epoch %d: %d samples were replaced because their video failed to decode", state.epoch, replaced)
-
-        results, _ = evaluate(model, val_data, runtime, args.batch_size_val, args.workers, args.precision, args.dsl)
-        if runtime.is_main:
-            log_results(f"epoch {state.epoch} val", results)
-            r1 = results["t2v"]["R1"]
-            state.history.append({"epoch": state.epoch, "val_t2v_R1": float(r1), "replaced": replaced})
-            atomic_save({"model": model.state_dict(), "epoch": state.epoch, "args": vars(args)}, os.path.join(args.output_dir, f"epoch{state.epoch}.pth"))
-            if r1 > state.best_r1:
-                state.best_r1 = float(r1)
-                atomic_save({"model": model.state_dict(), "epoch": state.epoch, "val": results_json(results), "args": vars(args)}, os.path.join(args.output_dir, BEST))
-                logger.info("new best val text-to-video R@1 %.2f at epoch %d", r1, state.epoch)
-        state.epoch += 1
-        state.step_in_epoch = 0
-        save_last(state)
-
-
-def _sum_across_ranks(value: int, runtime: Runtime) -> int:
-    if runtime.world_size == 1:
-        return value
-    t = torch.tensor([value], device=runtime.device)
-    dist.all_reduce(t)
-    return int(t.item())
+def write_eval_results(summary: dict, output_dir: str) -> None:
+    """eval_results.json; an earlier one (another checkpoint's) is kept under a dated name, never overwritten."""
+    path = os.path.join(output_dir, "eval_results.json")
+    if os.path.exists(path):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
+        kept = os.path.join(output_dir, f"eval_results.{stamp}.json")
+        shutil.move(path, kept)
+        logger.info("kept the previous %s as %s", path, kept)
+    atomic_save_json(summary, path)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     runtime = setup_distributed(args.local_rank)
-    os.makedirs(args.output_dir, exist_ok=True)
-    setup_logging(args.output_dir, runtime.rank)
+    setup_logging(None, runtime.rank)  # the console until the output folder is known to be ours
+    try:
+        prepare_output_dir(args.output_dir, training=args.do_train, resume=args.resume, overwrite=args.overwrite,
+                           is_main=runtime.is_main)
+        setup_logging(args.output_dir, runtime.rank)
+        return run(args, argv, runtime)
+    except Exception as e:
+        # One readable line first (in log.txt too, once it is open), then the traceback for debugging.
+        logger.error("fatal: %s: %s", type(e).__name__, e, exc_info=True)
+        raise
+    finally:
+        cleanup_distributed()
+
+
+def run(args, argv, runtime) -> dict:
     log_args(args)
-    logger.info("world size %d, device %s", runtime.world_size, runtime.device)
+    logger.info("world size %d, device %s, libraries %s", runtime.world_size, runtime.device, package_versions())
     seed_everything(args.seed)
 
-    # Fail on missing annotation files before anything slow (a download, a model build) runs.
+    # Everything that can be checked without a model is checked before one is built (or downloaded).
+    run_cfg, init_ckpt = resolve_config(args, argv)
     splits = (("train", "val") if args.do_train else ()) + (("test",) if args.do_eval else ())
-    check_annotation_files(DataConfig.from_args(args), splits=splits)
-    clip = load_clip(args.base_encoder, cache_dir=args.clip_cache_dir)
-    data_cfg = DataConfig.from_args(args, input_resolution=clip.input_resolution)
-    model = VideoColBERT(clip, model_config(args)).to(runtime.device)
+    check_annotation_files(run_cfg.data, splits=splits)
+    if args.do_train and run_cfg.optim.batch_size // runtime.world_size < 2 and run_cfg.model.loss == "softmax":
+        raise ValueError(f"--batch_size {run_cfg.optim.batch_size} over {runtime.world_size} processes leaves one pair "
+                         f"per process; the softmax loss needs at least 2 per process")
+
+    model = build_model(run_cfg.model, pretrained=init_ckpt is None, cache_dir=args.clip_cache_dir)
+    run_cfg.model = model.config  # now carries the encoder's architecture
+    run_cfg.data.input_resolution = model.clip.input_resolution
+    model = model.to(runtime.device)
+    if init_ckpt is not None:
+        load_model_weights(model, extract_state_dict(init_ckpt), strict=True)
+        logger.info("initialised the model from %s", args.init_model)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    if args.init_model:
-        load_model_weights(model, extract_state_dict(load_checkpoint(args.init_model)))
-        logger.info("initialised model weights from %s", args.init_model)
+    logger.info("run configuration: %s", json.dumps(run_cfg.to_dict()))
+    if runtime.is_main:
+        atomic_save_json(run_cfg.to_dict(), os.path.join(args.output_dir, "config.json"))
+
+    evaluated = args.init_model
+    if args.do_train:
+        train_set = build_train_dataset(run_cfg.data)
+        val_data = build_eval_dataset(run_cfg.data, "val")
+        opts = TrainOptions(
+            output_dir=args.output_dir, workers=args.workers, batch_size_val=args.batch_size_val,
+            n_display=args.n_display, checkpoint_every=args.checkpoint_every, keep_epochs=args.keep_epochs,
+            precision=args.precision, resume=args.resume, dsl=args.dsl,
+        )
+        state = fit(model, run_cfg, opts, runtime, train_set, val_data)
+        evaluated = os.path.join(args.output_dir, BEST)
+        if args.do_eval:
+            load_model_weights(model, load_checkpoint(evaluated)["model"], strict=True)
+            logger.info("testing the best checkpoint %s (epoch %d, val R@1 %.2f)", evaluated, state.best_epoch, state.best_r1)
 
     results = None
-    if args.do_train:
-        train(args, runtime, model, data_cfg)
     if args.do_eval:
-        test_data = build_eval_dataset(data_cfg, "test")
+        test_data = build_eval_dataset(run_cfg.data, "test")
         results, sim = evaluate(model, test_data, runtime, args.batch_size_val, args.workers, args.precision, args.dsl)
         if runtime.is_main:
             log_results("test", results)
-            summary = results_json(results)
-            temporal = load_temporal_queries(args.anno_path)  # only the synthetic dataset has one
+            summary = results_summary(results)
+            temporal = load_temporal_queries(run_cfg.data.anno_path)  # only the synthetic dataset has one
             if temporal is not None:
                 summary["temporal"] = temporal_metrics(sim, test_data.query_to_video, test_data.video_ids, temporal)
                 logger.info("test temporal hard queries: %s", summary["temporal"])
-            atomic_save_json(summary, os.path.join(args.output_dir, "eval_results.json"))
-    cleanup_distributed()
+            summary["checkpoint"] = os.path.abspath(evaluated) if evaluated else "untrained model (no --init_model)"
+            summary["versions"] = package_versions()
+            write_eval_results(summary, args.output_dir)
     return results
 
 
@@ -219,3 +147,5 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception:  # already logged, with its traceback in log.txt
+        sys.exit(1)

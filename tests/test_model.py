@@ -125,7 +125,7 @@ def test_maxsim_sums_instead_of_mean(clip):
 
 
 def test_meanp_baseline_is_cosine_of_eot_and_mean_frame(clip):
-    model = make_model(clip, interaction="meanp")
+    model = make_model(clip, meanp=True)
     assert model.temporal is None
     ids, mask = tokenize(CAPTIONS, 16)
     video, vmask = make_video()

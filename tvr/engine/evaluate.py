@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Subset
 from ..models.modeling import TokenSet, VideoColBERT
 from ..utils.distributed import all_gather_no_grad, gather_to_rank
 from ..utils.launch import Runtime
-from ..utils.metrics import dual_softmax_rerank, t2v_metrics, v2t_metrics
+from ..utils.metrics import dual_softmax_rerank, format_metrics, t2v_metrics, v2t_metrics
 from ..utils.sampling import shard_range
 
 logger = logging.getLogger(__name__)
@@ -103,3 +103,17 @@ def evaluate(
         results["failed_videos"] = failed_ids
         logger.warning("%d videos failed to decode and were scored as never retrieved: %s", len(failed_ids), failed_ids[:10])
     return results, sim
+
+
+def results_summary(results: dict, digits: int = 2) -> dict:
+    """Metrics for eval_results.json and checkpoints, rounded for people (names as in the paper's tables)."""
+    keys = ("R1", "R5", "R10", "MdR", "MnR")
+    out = {d: {k: round(float(results[d][k]), digits) for k in keys} for d in ("t2v", "v2t")}
+    if "failed_videos" in results:
+        out["failed_videos"] = results["failed_videos"]
+    return out
+
+
+def log_results(split: str, results: dict) -> None:
+    for direction in ("t2v", "v2t"):
+        logger.info("%s %s", split, format_metrics(direction, results[direction]))

@@ -1,5 +1,6 @@
 """One training epoch, every step visible in one function."""
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -20,7 +21,9 @@ class TrainState:
     step_in_epoch: int = 0
     global_step: int = 0
     best_r1: float = float("-inf")
-    history: list = field(default_factory=list)
+    best_epoch: int = -1
+    history: list = field(default_factory=list)  # one dict per epoch: validation R@1, ...
+    step_log: list = field(default_factory=list)  # one dict per logged step: loss, temperature, bias per branch
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -53,7 +56,8 @@ def train_one_epoch(
     model.train()
     replaced = 0
     start_time, start_step = time.time(), state.global_step
-    bar = tqdm(loader, desc=f"epoch {state.epoch}", disable=not is_main, dynamic_ncols=True)
+    # A bar only on a terminal: in a redirected log the n_display lines below say the same once.
+    bar = tqdm(loader, desc=f"epoch {state.epoch}", disable=not (is_main and sys.stderr.isatty()), dynamic_ncols=True)
     for batch in bar:
         text_ids = batch["text_ids"].to(device, non_blocking=True)  # b x L
         text_mask = batch["text_mask"].to(device, non_blocking=True)  # b x L
@@ -91,7 +95,9 @@ def train_one_epoch(
             samples_per_s = steps_done * loader.batch_sampler.global_batch / max(elapsed, 1e-9)
             eta_min = (total_steps - state.global_step) * elapsed / max(steps_done, 1) / 60
             lrs = " ".join(f"{g['lr']:.2e}" for g in optimizer.param_groups)
-            extra = " ".join(f"{k} {float(v):.4g}" for k, v in stats.items())
+            values = {k: float(v) for k, v in stats.items()}
+            state.step_log.append({"step": state.global_step, "loss": loss.item(), **values})
+            extra = " ".join(f"{k} {v:.4g}" for k, v in values.items())
             logger.info(
                 "epoch %d step %d/%d loss %.4f lr %s %s | %.1f samples/s, peak mem %.0f MB, ETA %.1f min",
                 state.epoch, state.global_step, total_steps, loss.item(), lrs, extra, samples_per_s,

@@ -6,7 +6,7 @@ One forward pass (DESIGN.md §2):
   video tokens  v = normalise(temporal encoder over frames + visual expansion tokens)
   score         s = MMS(q, f) + MMS(q, v)
 Training scores each rank's queries against the videos of the whole (all-gathered) batch and
-applies one sigmoid loss per branch. ``interaction="meanp"`` turns the same code into CLIP4Clip's
+applies one sigmoid loss per branch. ``meanp=True`` turns the same code into CLIP4Clip's
 mean-pooling baseline: one EOT query token against the mean of the frame tokens.
 """
 import math
@@ -24,18 +24,30 @@ from .similarity import mean_max_sim
 from .temporal import TemporalEncoder
 
 BRANCHES = ("frame", "video")
-INTERACTIONS = ("mms", "maxsim", "meanp")
+INTERACTIONS = ("mms", "maxsim")
+TEMPORAL_INPUTS = ("normalized", "raw")
 
 
 @dataclass
 class ModelConfig:
-    """Everything the model needs besides the CLIP weights; each field mirrors a main.py flag."""
+    """Everything that defines a trained model besides its weights; each field mirrors a main.py flag.
 
-    interaction: str = "mms"  # mms | maxsim (ColBERT's sum) | meanp (CLIP4Clip baseline)
+    Saved in every checkpoint, so evaluation rebuilds exactly the model that was trained.
+    """
+
+    base_encoder: str = "ViT-B/32"  # OpenAI name, checkpoint path, scratch:<config> or open_clip:<name>
+    pretrained: Optional[str] = None  # open_clip weights: a tag or a file
+    # The encoder's architecture (CLIPConfig fields), filled when the model is built, so a checkpoint
+    # rebuilds its encoder without downloading weights it is about to overwrite.
+    encoder_config: Optional[dict] = None
+    interaction: str = "mms"  # mms (MeanMaxSim) | maxsim (ColBERT's sum)
+    meanp: bool = False  # CLIP4Clip mean-pooling baseline instead of late interaction
     branches: Tuple[str, ...] = BRANCHES
     query_expansion: bool = True  # padded query positions count as query tokens
+    query_sot: bool = True  # <|startoftext|> counts as a query token
     visual_expansion: int = 2  # learned tokens appended to the temporal encoder's input
     temporal_layers: int = 4
+    temporal_input: str = "normalized"  # normalized | raw projected CLS tokens
     max_frames: int = 12
     loss: str = "sigmoid"  # sigmoid | softmax
     dual_loss: bool = True  # one loss per branch (else one loss on the summed score)
@@ -47,6 +59,8 @@ class ModelConfig:
         self.branches = tuple(self.branches)
         if self.interaction not in INTERACTIONS:
             raise ValueError(f"interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
+        if self.temporal_input not in TEMPORAL_INPUTS:
+            raise ValueError(f"temporal_input must be one of {TEMPORAL_INPUTS}, got {self.temporal_input!r}")
         if not self.branches or any(b not in BRANCHES for b in self.branches):
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {self.branches!r}")
         if self.visual_expansion < 0 or self.temporal_layers < 0:
@@ -54,7 +68,7 @@ class ModelConfig:
 
     @property
     def active_branches(self) -> Tuple[str, ...]:
-        return ("meanp",) if self.interaction == "meanp" else self.branches
+        return ("meanp",) if self.meanp else self.branches
 
 
 class TokenSet(NamedTuple):
@@ -69,7 +83,7 @@ class VideoColBERT(nn.Module):
         self.clip = clip
         width = clip.embed_dim
         self.temporal: Optional[TemporalEncoder] = None
-        if config.interaction != "meanp" and "video" in config.branches:
+        if not config.meanp and "video" in config.branches:
             text_width = clip.transformer.width
             if text_width != width or width % 64:
                 raise ValueError(
@@ -101,11 +115,13 @@ class VideoColBERT(nn.Module):
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> TokenSet:
         """text_ids, text_mask: B x L (mask 1 on SOT..EOT). Returns the query token set."""
         tokens = F.normalize(self.clip.encode_text_tokens(text_ids), dim=-1)  # B x L x D
-        if self.config.interaction == "meanp":
+        if self.config.meanp:
             eot = text_ids.argmax(dim=-1)  # the EOT id is the largest in CLIP's vocabulary
             tokens = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].unsqueeze(1)  # B x 1 x D
             return TokenSet(tokens, text_mask.new_ones(tokens.shape[:2]))
-        mask = torch.ones_like(text_mask) if self.config.query_expansion else text_mask
+        mask = torch.ones_like(text_mask) if self.config.query_expansion else text_mask.clone()
+        if not self.config.query_sot:
+            mask[:, 0] = 0  # every query starts with SOT, whose output is the same for every query
         return TokenSet(tokens, mask)
 
     def encode_frames(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
@@ -122,10 +138,11 @@ class VideoColBERT(nn.Module):
 
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> Dict[str, TokenSet]:
         """Returns one token set per active branch."""
-        frames = F.normalize(self.encode_frames(video, video_mask), dim=-1)  # B x T x D
+        raw_frames = self.encode_frames(video, video_mask)  # B x T x D
+        frames = F.normalize(raw_frames, dim=-1)
         frame_mask = video_mask.long()
         out: Dict[str, TokenSet] = {}
-        if self.config.interaction == "meanp":
+        if self.config.meanp:
             weights = frame_mask.unsqueeze(-1).to(frames.dtype)  # B x T x 1
             mean = (frames * weights).sum(1) / weights.sum(1).clamp(min=1)  # B x D
             out["meanp"] = TokenSet(F.normalize(mean, dim=-1).unsqueeze(1), frame_mask.new_ones(frames.shape[0], 1))
@@ -133,22 +150,19 @@ class VideoColBERT(nn.Module):
         if "frame" in self.config.branches:
             out["frame"] = TokenSet(frames, frame_mask)
         if "video" in self.config.branches:
-            # The temporal encoder reads the normalised frame tokens (DESIGN.md §2): unit vectors
-            # sit close to the scale of the text residual stream its blocks were trained on.
-            tokens, mask = self.temporal(frames, frame_mask)  # B x (T+N) x D
+            # By default the temporal encoder reads the normalised frame tokens: unit vectors sit
+            # close to the scale of the text residual stream its blocks were trained on.
+            temporal_in = frames if self.config.temporal_input == "normalized" else raw_frames
+            tokens, mask = self.temporal(temporal_in, frame_mask)  # B x (T+N) x D
             out["video"] = TokenSet(F.normalize(tokens, dim=-1), mask.long())
         return out
 
     # ---- scoring --------------------------------------------------------------------------
-    @property
-    def _sim_interaction(self) -> str:
-        return "maxsim" if self.config.interaction == "maxsim" else "mms"
-
     def branch_scores(self, text: TokenSet, videos: Dict[str, TokenSet], chunk_size=None) -> Dict[str, torch.Tensor]:
         """Nq x Nv score matrix per branch."""
         return {
             name: mean_max_sim(
-                text.tokens, text.mask, video.tokens, video.mask, interaction=self._sim_interaction, chunk_size=chunk_size
+                text.tokens, text.mask, video.tokens, video.mask, interaction=self.config.interaction, chunk_size=chunk_size
             )
             for name, video in videos.items()
         }

@@ -46,30 +46,39 @@ def is_no_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def build_param_groups(model: torch.nn.Module, lr: float, coef_lr: float, weight_decay: float,
-                       clip_prefix: str = "clip.") -> List[Dict]:
-    """AdamW parameter groups: (clip | new) x (decay | no_decay), empty groups dropped.
+                       clip_prefix: str = "clip.", loss_lr: float | None = None,
+                       loss_prefix: str = "loss.") -> List[Dict]:
+    """AdamW parameter groups: (clip | new) x (decay | no_decay), plus ``loss``; empty groups dropped.
 
     Each group is a dict with ``params``, ``lr``, ``weight_decay`` and a ``name``
-    (``clip_decay``, ``clip_no_decay``, ``new_decay``, ``new_no_decay``) for logging.  Frozen
+    (``clip_decay``, ``clip_no_decay``, ``new_decay``, ``new_no_decay``, ``loss``) for logging.
+    The loss's temperatures and biases (names starting with ``loss_prefix``) form their own group at
+    ``loss_lr`` (default ``lr``) without weight decay: from its initial bias of -10, a sigmoid loss
+    whose bias moves by about lr per step needs thousands of steps before a positive pair scores
+    above 0, so the loss's scalars usually want a larger rate than the new modules.  Frozen
     parameters (``requires_grad=False``) are left out.  A DDP wrapper is unwrapped so names do not
     carry its ``module.`` prefix.
     """
     if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
-    buckets: Dict[str, List] = {"clip_decay": [], "clip_no_decay": [], "new_decay": [], "new_no_decay": []}
+    buckets: Dict[str, List] = {"clip_decay": [], "clip_no_decay": [], "new_decay": [], "new_no_decay": [], "loss": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
+            continue
+        if name.startswith(loss_prefix):
+            buckets["loss"].append((name, p))
             continue
         origin = "clip" if name.startswith(clip_prefix) else "new"
         kind = "no_decay" if is_no_decay(name, p) else "decay"
         buckets[f"{origin}_{kind}"].append((name, p))
 
+    group_lrs = {"clip": lr * coef_lr, "new": lr, "loss": lr if loss_lr is None else loss_lr}
     groups = []
     for key, named in buckets.items():
         if not named:
             continue
-        group_lr = lr * coef_lr if key.startswith("clip") else lr
-        group_wd = 0.0 if key.endswith("_no_decay") else weight_decay
+        group_lr = group_lrs[key.split("_")[0]]
+        group_wd = 0.0 if key.endswith("no_decay") or key == "loss" else weight_decay
         groups.append({"name": key, "params": [p for _, p in named], "lr": group_lr, "weight_decay": group_wd})
         logger.info("param group %-13s lr %.3g wd %.3g: %d tensors, %d values", key, group_lr, group_wd,
                     len(named), sum(p.numel() for _, p in named))
