@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Evaluate a checkpoint on the test split. INIT_MODEL is the checkpoint (default: the best one of
-# the run in OUTPUT_DIR); data and model settings come from scripts/common.sh, overridden from the
-# environment as for train.sh, e.g.  INIT_MODEL=outputs/msrvtt_b32/best.pth BASE_ENCODER=ViT-B/32 ... bash eval.sh
+# Evaluate a checkpoint on the test split. The model (and the frames / words it was trained with) come
+# from the checkpoint itself; the recipe gives the data, e.g.
+#   DATASET=msrvtt INIT_MODEL=outputs/msrvtt_b32/best.pth bash eval.sh
+DATASET=${DATASET:-synthetic}   # the recipe: configs/<DATASET>.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
@@ -15,8 +16,8 @@ if [ ! -f "$INIT_MODEL" ]; then
 fi
 
 # shellcheck disable=SC2086
-"${LAUNCH[@]}" main.py --do_eval --init_model "$INIT_MODEL" "${COMMON_FLAGS[@]}" \
-  --output_dir "$EVAL_DIR" $EXTRA_ARGS
+"${LAUNCH[@]}" main.py --do_eval 1 --init_model "$INIT_MODEL" "${COMMON_FLAGS[@]}" \
+  ${SAMPLING_FLAGS[@]+"${SAMPLING_FLAGS[@]}"} --output_dir "$EVAL_DIR" $EXTRA_ARGS
 
 echo "Metrics: $EVAL_DIR/eval_results.json"
 cat "$EVAL_DIR/eval_results.json"

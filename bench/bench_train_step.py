@@ -10,18 +10,14 @@ the bare baseline has no optimizer of its own.
     python bench/bench_train_step.py [--encoder scratch:ViT-B/32] [--batch 4] [--frames 12] [--repeats 3]
 """
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from tvr.models.modeling import ModelConfig, VideoColBERT  # noqa: E402
-from tvr.models.module_clip import load_clip  # noqa: E402
-from tvr.utils.optim import build_optimizer, build_param_groups  # noqa: E402
+from tvr.models.modeling import ModelConfig, VideoColBERT
+from tvr.models.module_clip import load_clip
+from tvr.utils.optim import build_optimizer, build_param_groups
 
 
 def timed(fn, repeats: int) -> float:

@@ -73,8 +73,8 @@ EXPECTED = {
         "temporal.frame_position_embedding", "temporal.expansion_tokens", "visual_expansion_tokens",
         "temporal.resblocks.0.attn.in_proj_bias", "temporal.resblocks.0.attn.out_proj.bias",
         "temporal.resblocks.0.ln_1.weight", "temporal.resblocks.0.ln_1.bias",
-        "loss.frame.log_temperature", "loss.frame.bias", "loss.video.log_temperature", "loss.video.bias",
     },
+    "loss": {"loss.frame.log_temperature", "loss.frame.bias", "loss.video.log_temperature", "loss.video.bias"},
 }
 
 
@@ -85,15 +85,19 @@ def _names(model, group):
 
 def test_param_groups_rule_on_realistic_names():
     model = FakeVideoColBERT()
-    groups = build_param_groups(model, lr=1e-4, coef_lr=1e-3, weight_decay=0.2)
-    assert [g["name"] for g in groups] == ["clip_decay", "clip_no_decay", "new_decay", "new_no_decay"]
+    groups = build_param_groups(model, lr=1e-4, coef_lr=1e-3, weight_decay=0.2, loss_lr=0.05)
+    assert [g["name"] for g in groups] == ["clip_decay", "clip_no_decay", "new_decay", "new_no_decay", "loss"]
     for g in groups:
         assert _names(model, g) == EXPECTED[g["name"]], g["name"]
     lrs = {g["name"]: g["lr"] for g in groups}
     wds = {g["name"]: g["weight_decay"] for g in groups}
     assert lrs["clip_decay"] == lrs["clip_no_decay"] == pytest.approx(1e-7)
     assert lrs["new_decay"] == lrs["new_no_decay"] == 1e-4
-    assert wds == {"clip_decay": 0.2, "clip_no_decay": 0.0, "new_decay": 0.2, "new_no_decay": 0.0}
+    assert lrs["loss"] == 0.05  # the loss's temperatures and biases have their own rate
+    assert wds == {"clip_decay": 0.2, "clip_no_decay": 0.0, "new_decay": 0.2, "new_no_decay": 0.0, "loss": 0.0}
+    # Without loss_lr the loss learns at lr.
+    default = {g["name"]: g["lr"] for g in build_param_groups(model, lr=1e-4, coef_lr=1e-3, weight_decay=0.2)}
+    assert default["loss"] == 1e-4
     # Every trainable parameter is in exactly one group; the frozen one in none.
     all_ids = [id(p) for g in groups for p in g["params"]]
     assert len(all_ids) == len(set(all_ids)) == sum(1 for p in model.parameters() if p.requires_grad)
@@ -125,7 +129,7 @@ def test_build_optimizer_settings_and_step():
     assert isinstance(opt, torch.optim.AdamW)
     for g in opt.param_groups:
         assert g["betas"] == (0.9, 0.98) and g["eps"] == 1e-6
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-7, 1e-7, 1e-4, 1e-4])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-7, 1e-7, 1e-4, 1e-4, 1e-4])
     loss = sum(p.sum() for p in model.parameters() if p.requires_grad)
     loss.backward()
     opt.step()  # extra "name" keys in groups are accepted
@@ -164,7 +168,7 @@ def test_scheduler_applies_to_every_group_and_resumes():
             sched.step()
 
     model, opt, sched = make()
-    assert [g["lr"] for g in opt.param_groups] == [0.0] * 4  # warm-up starts at 0
+    assert [g["lr"] for g in opt.param_groups] == [0.0] * 5  # warm-up starts at 0
     train(model, opt, sched, 2)
     assert opt.param_groups[2]["lr"] == pytest.approx(1e-4 * 2 / 4)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-7 * 2 / 4)  # ratio kept

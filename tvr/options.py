@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=5, help="training epochs")
     g.add_argument("--batch_size", type=int, default=128, help="GLOBAL training batch (split across ranks)")
-    g.add_argument("--batch_size_val", type=int, default=64, help="GLOBAL evaluation batch (split across ranks)")
+    g.add_argument("--batch_size_val", type=int, default=128, help="GLOBAL evaluation batch (split across ranks)")
     g.add_argument("--lr", type=float, default=1e-4, help="learning rate of the new modules")
     g.add_argument("--coef_lr", type=float, default=1e-3, help="the encoder's learning rate is lr * coef_lr")
     g.add_argument("--loss_lr", type=float, default=None, help="learning rate of the loss's temperatures and biases (no weight decay); default: --lr")

@@ -1,0 +1,10 @@
+# ActivityNet Captions, paragraph-to-video retrieval (val_1): long videos and paragraphs, so more frames and words.
+: "${DATATYPE:=activity}"
+: "${ANNO_PATH:=data/activitynet/anns}"
+: "${VIDEO_PATH:=data/activitynet/videos}"
+: "${OUTPUT_DIR:=outputs/activitynet_b32}"
+: "${MAX_WORDS:=64}"
+: "${MAX_FRAMES:=64}"
+: "${BATCH_SIZE:=64}"
+: "${BATCH_SIZE_VAL:=64}"
+source "$(dirname "${BASH_SOURCE[0]}")/msrvtt.sh"

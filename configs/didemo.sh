@@ -1,0 +1,10 @@
+# DiDeMo, paragraph-to-video retrieval: more frames and words.
+: "${DATATYPE:=didemo}"
+: "${ANNO_PATH:=data/didemo/anns}"
+: "${VIDEO_PATH:=data/didemo/videos}"
+: "${OUTPUT_DIR:=outputs/didemo_b32}"
+: "${MAX_WORDS:=64}"
+: "${MAX_FRAMES:=64}"
+: "${BATCH_SIZE:=64}"
+: "${BATCH_SIZE_VAL:=64}"
+source "$(dirname "${BASH_SOURCE[0]}")/msrvtt.sh"

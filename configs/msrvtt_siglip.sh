@@ -1,0 +1,5 @@
+# MSR-VTT 9k / 1k-A with SigLIP ViT-B/16 through open_clip (the paper's best: t2v R@1 51.5).
+: "${BASE_ENCODER:=open_clip:ViT-B-16-SigLIP}"
+: "${PRETRAINED:=webli}"
+: "${OUTPUT_DIR:=outputs/msrvtt_siglip_b16}"
+source "$(dirname "${BASH_SOURCE[0]}")/msrvtt.sh"
