@@ -1,27 +1,99 @@
-"""Frame transforms: CLIP's preprocessing on uint8 tensors.
+"""Frame transforms: a backbone's image preprocessing on uint8 tensors.
 
-Resize the short side to the encoder's input resolution (bicubic, antialiased like CLIP's PIL
-resize), centre-crop a square, scale to [0, 1], normalise with CLIP's mean/std. Resizing and
-cropping run on uint8 (4x less memory traffic than float; torch has a fast channels-last uint8
-antialiased path) and only the final R x R crop is converted to float.
+The default is CLIP's: resize the short side to the input resolution (bicubic, antialiased like
+CLIP's PIL resize), centre-crop a square, scale to [0, 1], normalise with CLIP's mean/std. Mean,
+std, interpolation and resize mode come from the backbone's preprocessing config (open_clip's
+`resize_mode`: "shortest" = short side + centre crop, "squash" = both sides to R, "longest" = long
+side to R, centre-padded with zeros).
+
+Two stages: `resize_crop` (uint8 -> uint8 R x R) and `normalize` (uint8 -> float32). Resizing
+runs on uint8 (4x less memory traffic than float; torch has a fast channels-last uint8
+antialiased path) and only the final crop is converted to float; a frame cache can keep the
+uint8 middle (4x smaller than floats).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+INTERPOLATIONS = {
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+RESIZE_MODES = ("shortest", "squash", "longest")
 
-def build_frame_transform(resolution: int) -> v2.Compose:
-    """uint8 T x 3 x H x W (RGB) -> float32 T x 3 x R x R, normalised."""
-    return v2.Compose([
-        v2.Resize(resolution, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(resolution),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=CLIP_MEAN, std=CLIP_STD),
-    ])
+
+class FrameTransform:
+    """uint8 T x 3 x H x W (RGB) -> float32 T x 3 x R x R, normalised (contiguous)."""
+
+    def __init__(self, resolution: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+                 interpolation: str = "bicubic", resize_mode: str = "shortest"):
+        if resolution < 1:
+            raise ValueError(f"resolution must be >= 1, got {resolution}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
+        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+            raise ValueError(f"mean and std need 3 values each, std > 0; got mean {tuple(mean)}, std {tuple(std)}")
+        self.resolution = int(resolution)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.interpolation, self.resize_mode = interpolation, resize_mode
+        self._mode = INTERPOLATIONS[interpolation]
+        # float32 like torchvision's Normalize, so the arithmetic (and every output byte) is the same
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return (f"FrameTransform(resolution={self.resolution}, mean={self.mean}, std={self.std}, "
+                f"interpolation={self.interpolation!r}, resize_mode={self.resize_mode!r})")
+
+    def resize_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) that `resize_crop` resizes an H x W frame to before cropping / padding.
+
+        "shortest": torchvision's Resize rule (the long side truncated, int(R * long / short));
+        "longest": open_clip's (the short side rounded, round(R * short / long)).
+        """
+        r = self.resolution
+        if self.resize_mode == "squash":
+            return r, r
+        short, long = sorted((height, width))
+        if self.resize_mode == "shortest":
+            new_short, new_long = r, int(r * long / short)
+        else:  # longest
+            new_short, new_long = round(r * short / long), r
+        return (new_short, new_long) if height <= width else (new_long, new_short)
+
+    def resize_crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 T x 3 x H x W -> uint8 T x 3 x R x R (resize, then centre crop or zero pad)."""
+        h, w = self.resize_size(*frames.shape[-2:])
+        frames = F.resize(frames, [h, w], interpolation=self._mode, antialias=True)
+        return F.center_crop(frames, [self.resolution, self.resolution])
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 T x 3 x R x R -> float32, (x / 255 - mean) / std, contiguous.
+
+        The same operations in the same order as torchvision's ToDtype(scale=True) + Normalize
+        (identical bytes), written out to skip their per-call dispatch.
+        """
+        x = frames.to(torch.float32, memory_format=torch.contiguous_format)
+        return x.mul_(1.0 / 255).sub_(self._mean).div_(self._std)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.resize_crop(frames))
+
+
+def build_frame_transform(resolution: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+                          interpolation: str = "bicubic", resize_mode: str = "shortest") -> FrameTransform:
+    """The frame transform for an encoder with this input resolution and preprocessing config."""
+    return FrameTransform(resolution, mean, std, interpolation, resize_mode)
 
 
 def frames_to_tensor(frames_thwc) -> torch.Tensor:
