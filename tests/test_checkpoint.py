@@ -71,21 +71,29 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
 
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="garbage.pth"):
+    with pytest.raises(CheckpointError, match="garbage.pth: it is not a PyTorch checkpoint"):
         load_checkpoint(str(garbage))
 
     truncated = tmp_path / "truncated.pth"
     torch.save({"w": torch.randn(100)}, str(truncated))
     data = truncated.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated.pth"):
+    with pytest.raises(CheckpointError, match="truncated.pth: it is a truncated or corrupt torch file"):
         load_checkpoint(str(truncated))
 
     # weights_only refuses arbitrary pickled objects (e.g. an argparse Namespace saved by old code).
     pickled = tmp_path / "pickled.pth"
     torch.save({"args": argparse.Namespace(lr=1.0)}, str(pickled))
-    with pytest.raises(CheckpointError, match="pickled.pth"):
+    with pytest.raises(CheckpointError, match=r"pickled.pth: it holds a pickled Python object \(argparse.Namespace\)") as err:
         load_checkpoint(str(pickled))
+    # The message says what the file is; it never suggests switching the protection off.
+    assert "weights_only" not in str(err.value) and err.value.__cause__ is None
+
+    # A TorchScript archive (what OpenAI's CLIP download is) is named as such.
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(scripted))
+    with pytest.raises(CheckpointError, match="scripted.pt: it is a TorchScript archive"):
+        load_checkpoint(str(scripted))
 
 
 def _draw():

@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import random
+import re
 import uuid
+import zipfile
 from collections.abc import Mapping
 from typing import Any, BinaryIO, Callable, Dict, List, Tuple
 
@@ -86,9 +88,10 @@ def atomic_write(path: str, write: Callable[[BinaryIO], Any]) -> None:
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
     """``torch.load(path, map_location, weights_only=True)`` with errors that name the file.
 
-    Raises FileNotFoundError when ``path`` does not exist and :class:`CheckpointError` when it cannot
-    be read (truncated, not a torch file, or holding objects that weights_only refuses, such as a
-    TorchScript archive or a pickled argparse Namespace).
+    Raises FileNotFoundError when ``path`` does not exist and :class:`CheckpointError` saying what the
+    file is (or is not) when it cannot be read safely: not a torch file, truncated, a TorchScript
+    archive, or pickled objects other than tensors and plain containers. Opening a checkpoint never
+    executes code, and the error never suggests turning that protection off.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -96,11 +99,30 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... depending on the damage
-        raise CheckpointError(
-            f"cannot read checkpoint {path} with torch.load(weights_only=True): {type(e).__name__}: {e}. "
-            f"The file may be truncated or corrupt, or hold objects other than tensors and plain "
-            f"containers (weights_only refuses arbitrary pickled objects)."
-        ) from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {describe_unreadable(path, e)}") from None
+
+
+def describe_unreadable(path: str, error: Exception) -> str:
+    """What a file that ``torch.load(weights_only=True)`` refused is, in words."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return "it is a truncated or corrupt torch file (the zip archive is incomplete)"
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            return ("it is a TorchScript archive (e.g. OpenAI's CLIP download), not a training checkpoint; "
+                    "an encoder archive goes to --base_encoder")
+    elif not head.startswith(b"\x80"):
+        return f"it is not a PyTorch checkpoint (it starts with the bytes {head!r})"
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if refused:
+        return (f"it holds a pickled Python object ({refused.group(1)}) besides tensors and plain containers; "
+                f"such objects can run code when loaded, so it is refused. Re-save it with only tensors, "
+                f"dicts, lists, numbers and strings")
+    return f"it is truncated or corrupt ({type(error).__name__})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,17 +226,15 @@ def load_model_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Te
 
     mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
                   if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if mismatched:
-        lines = "\n".join(f"  {k}: checkpoint {ck} vs model {md}" for k, ck, md in mismatched)
-        raise CheckpointError(f"{len(mismatched)} parameter shape mismatch(es) between checkpoint and model:\n"
-                              f"{lines}")
-
     missing = sorted(k for k in own if k not in sd)
     unexpected = sorted(k for k in sd if k not in own)
-    if strict and (missing or unexpected):
+    shapes = "".join(f"\n  {k}: checkpoint {ck} vs model {md}" for k, ck, md in mismatched)
+    if strict and (missing or unexpected or mismatched):
         raise CheckpointError(
             f"checkpoint does not match the model: {len(missing)} missing key(s) {missing}, "
-            f"{len(unexpected)} unexpected key(s) {unexpected}")
+            f"{len(unexpected)} unexpected key(s) {unexpected}, {len(mismatched)} shape mismatch(es){shapes}")
+    if mismatched:
+        raise CheckpointError(f"{len(mismatched)} parameter shape mismatch(es) between checkpoint and model:{shapes}")
     target.load_state_dict(sd, strict=False)
     logger.info("loaded %d of %d model tensors from the checkpoint", len(own) - len(missing), len(own))
     if missing:
