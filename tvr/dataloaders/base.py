@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .annotations import DATASETS, AnnotationReader, Annotations
+from .annotations import DATASETS, AnnotationReader, Annotations, drop_degenerate
 from .config import DataConfig
 from .transforms import build_frame_transform, frames_to_tensor
 from .video_reader import VideoDecodeError, read_frames, sample_frame_indices
@@ -37,11 +38,20 @@ def get_reader(cfg: DataConfig) -> AnnotationReader:
     return DATASETS[cfg.datatype](cfg.anno_path, train_list=cfg.train_list)
 
 
-def check_annotation_files(cfg: DataConfig, splits=("train", "test")) -> None:
-    """Fail fast, before any model is built, when annotation files of `splits` are missing."""
+def check_annotation_files(cfg: DataConfig, splits=("train", "test")) -> dict[str, Annotations]:
+    """Fail fast, before any model is built, when annotation files of `splits` are missing or
+    malformed: every file is parsed and validated (AnnotationError names the file, the line or key,
+    and what was expected). Returns the parsed annotations by split, for logging or inspection."""
     reader = get_reader(cfg)
-    for split in splits:
+    for split in splits:  # all files present before any is parsed
         reader.check_files(split)
+    parsed = {}
+    for split in splits:
+        ann = reader.read(split)
+        parsed[split] = ann
+        logger.info("%s %s annotations: %d captions, %d videos", cfg.datatype, reader.resolve_split(split),
+                    len(ann.captions), len(ann.video_ids))
+    return parsed
 
 
 def index_video_files(root: str, extensions: tuple[str, ...]) -> dict[str, str]:
@@ -70,6 +80,78 @@ def index_video_files(root: str, extensions: tuple[str, ...]) -> dict[str, str]:
     return index
 
 
+# Printable ASCII without "&", plus tab / newline / carriage return: CLIP's text cleaning leaves such
+# text unchanged apart from case and whitespace (no HTML entities, nothing for ftfy to repair).
+_PLAIN_TEXT = re.compile(r"[\t\n\r -%'-~]*")
+
+
+def _is_plain_text(text: str) -> bool:
+    # isascii / isprintable are fast C checks; the regular expression only runs on text with tabs or newlines.
+    return text.isascii() and "&" not in text and (text.isprintable() or bool(_PLAIN_TEXT.fullmatch(text)))
+
+
+def count_long_captions(captions: list[str], max_words: int, tokenizer=None) -> int:
+    """How many captions do not fit in `max_words` tokens (start / end tokens included) and are cut.
+
+    Cheap on CLIP's BPE (the default): it never merges across spaces, so a plain-ASCII caption's
+    length is the sum of its words' lengths, and the distinct words are encoded in one call. Other
+    tokenizers (anything with ``tokenize(texts, max_words) -> (ids, mask)``) tokenize every caption
+    one token wider and count the rows that fill it.
+    """
+    bpe = _clip_bpe(tokenizer)
+    if bpe is None:
+        long = 0
+        for start in range(0, len(captions), 4096):
+            _, mask = tokenizer.tokenize(list(captions[start:start + 4096]), max_words + 1)
+            long += int((mask.sum(dim=1) > max_words).sum())
+        return long
+    limit = max_words - 2  # CLIP's BPE: start and end tokens around the text
+    split = [caption.lower().split() if _is_plain_text(caption) else None for caption in captions]
+    tokens_of = _word_token_counts(set().union(*(w for w in split if w)), bpe).__getitem__
+    long = 0
+    for caption, words in zip(captions, split):
+        n = sum(map(tokens_of, words)) if words is not None else len(bpe.encode(caption))
+        long += n > limit
+    return long
+
+
+def _clip_bpe(tokenizer):
+    """tokenization_clip's SimpleTokenizer behind `tokenizer`, or None for another tokenizer."""
+    from tvr.models.tokenization_clip import SimpleTokenizer, default_tokenizer
+
+    if tokenizer is None:
+        return default_tokenizer()
+    if isinstance(tokenizer, SimpleTokenizer):
+        return tokenizer
+    try:  # the backbone-facing wrapper of the same BPE
+        from tvr.models.text_tokenizers import CLIPTextTokenizer
+    except ImportError:
+        return None
+    return default_tokenizer() if isinstance(tokenizer, CLIPTextTokenizer) else None
+
+
+def _word_token_counts(words: set[str], tok) -> dict[str, int]:
+    """Tokens per word. One encode call over all words joined by end-of-text markers: calling it per
+    word would spend most of the time in the per-call text cleaning."""
+    from tvr.models.tokenization_clip import EOT_TEXT
+
+    batch = sorted(w for w in words if "<" not in w)  # a word holding a marker would break the split
+    counts = {w: len(tok.encode(w)) for w in words if "<" in w}
+    ids = tok.encode(f" {EOT_TEXT} ".join(batch)) if batch else []
+    lengths, n = [], 0
+    for i in ids:
+        if i == tok.eot_token_id:
+            lengths.append(n)
+            n = 0
+        else:
+            n += 1
+    lengths.append(n)
+    if len(lengths) != len(batch):  # not expected; stay exact rather than fast
+        return {w: len(tok.encode(w)) for w in words}
+    counts.update(zip(batch, lengths))
+    return counts
+
+
 class RetrievalSplit:
     """Annotations of one split resolved to video files, plus the shared frame/text loaders."""
 
@@ -80,14 +162,15 @@ class RetrievalSplit:
         self.reader.check_files(self.split)
         if not os.path.isdir(cfg.video_path or ""):
             raise FileNotFoundError(f"video_path {cfg.video_path!r} is not a folder")
-        ann = self.reader.read(self.split)
+        ann = drop_degenerate(self.reader.read(self.split), f"{cfg.datatype} {self.split}")
         if not ann.captions:
-            raise ValueError(f"{cfg.datatype} {self.split}: the annotation files list no captions")
+            raise ValueError(f"{cfg.datatype} {self.split}: the annotation files list no (non-empty) captions")
         self.video_ids, self.video_paths, self.captions, self.caption_video = self._resolve(ann)
         self.tokenizer = tokenizer
         self.transform = build_frame_transform(cfg.input_resolution)
         logger.info("%s %s: %d captions, %d videos", cfg.datatype, self.split, len(self.captions),
                     len(self.video_ids))
+        self._log_truncated_captions()
 
     # ----------------------------------------------------------------- start-up checks
     def _resolve(self, ann: Annotations):
@@ -119,6 +202,12 @@ class RetrievalSplit:
         if not video_ids:
             raise FileNotFoundError(f"{self.cfg.datatype} {self.split}: no video found under {where}")
         return video_ids, video_paths, captions, caption_video
+
+    def _log_truncated_captions(self) -> None:
+        long = count_long_captions(self.captions, self.cfg.max_words, self.tokenizer)
+        if long:
+            logger.info("%s %s: %d of %d captions are longer than max_words (%d tokens) and are truncated",
+                        self.cfg.datatype, self.split, long, len(self.captions), self.cfg.max_words)
 
     # ----------------------------------------------------------------- loaders
     def encode_text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
