@@ -191,3 +191,27 @@ def test_scheduler_applies_to_every_group_and_resumes():
     assert torch.equal(model2.temporal.resblocks[0].attn.in_proj_weight, want_w)
     # The schedule's settings travel in the state dict.
     assert sched.state_dict()["lr_lambdas"][0] == {"warmup_steps": 4, "total_steps": 20}
+
+
+def test_loss_parameters_move_at_loss_lr():
+    """One AdamW step moves every parameter by about its group's lr (Adam's first step is lr * sign(grad)):
+    the sigmoid loss's temperature and bias at --loss_lr, the new modules at --lr, the encoder at lr * coef_lr."""
+    from tvr.models.modeling import ModelConfig, VideoColBERT
+    from tvr.models.module_clip import load_clip
+
+    torch.manual_seed(0)
+    model = VideoColBERT(load_clip("scratch:tiny"), ModelConfig(max_frames=2, temporal_layers=1))
+    groups = build_param_groups(model, lr=1e-4, coef_lr=1e-2, weight_decay=0.0, loss_lr=0.05)
+    opt = build_optimizer(groups)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    text = torch.randint(1, 1000, (4, 8))
+    text[:, -1] = 49407  # EOT
+    loss, _ = model(text, torch.ones(4, 8, dtype=torch.long), torch.randn(4, 2, 3, 64, 64), torch.ones(4, 2, dtype=torch.long))
+    loss.backward()
+    opt.step()
+    step = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    for branch in ("frame", "video"):
+        assert step[f"loss.losses.{branch}.bias"] == pytest.approx(0.05, rel=1e-3)
+        assert step[f"loss.losses.{branch}.log_temperature"] == pytest.approx(0.05, rel=1e-3)
+    assert step["temporal.expansion_tokens"] == pytest.approx(1e-4, rel=1e-2)
+    assert step["clip.text_projection"] == pytest.approx(1e-6, rel=5e-2)  # fp32 rounding at |w| ~ 0.1
