@@ -100,6 +100,9 @@ def run(args, argv, runtime) -> dict:
     model = build_model(run_cfg.model, pretrained=init_ckpt is None, cache_dir=args.clip_cache_dir)
     run_cfg.model = model.config  # now carries the encoder's architecture
     run_cfg.data.input_resolution = model.clip.input_resolution
+    for name in ("image_mean", "image_std", "interpolation", "resize_mode"):  # the backbone's own preprocessing
+        if hasattr(model.clip, name):
+            setattr(run_cfg.data, name, getattr(model.clip, name))
     model = model.to(runtime.device)
     if init_ckpt is not None:
         load_model_weights(model, extract_state_dict(init_ckpt), strict=True)

@@ -121,7 +121,7 @@ def _plain(obj) -> Dict[str, Any]:
 
 # Data settings a trained model depends on: taken from its checkpoint unless typed on the command line.
 MODEL_DATA_FIELDS = ("max_words", "max_frames", "video_framerate", "slice_framepos", "input_resolution",
-                     "image_mean", "image_std", "resize_mode")
+                     "image_mean", "image_std", "interpolation", "resize_mode")
 # Model settings that only affect how scores are computed, not which model is scored.
 MODEL_FREE_FIELDS = frozenset({"sim_chunk_size", "pretrained"})
 # Model settings whose flag has another name.
