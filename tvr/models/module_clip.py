@@ -36,8 +36,12 @@ from tvr.models.clip_checkpoint import (  # re-exported: the loading API lives h
     download_openai_checkpoint,
     read_state_dict,
 )
+from tvr.models.text_tokenizers import CLIPTextTokenizer
+from tvr.models.tokenization_clip import tokenize
 
 logger = logging.getLogger(__name__)
+
+OPEN_CLIP_PREFIX = "open_clip:"
 
 __all__ = [
     "CACHE_ENV_VAR", "CLIP", "CLIPConfig", "OPENAI_MODELS", "SCRATCH_CONFIGS", "LayerNorm", "QuickGELU",
@@ -256,6 +260,38 @@ class CLIP(nn.Module):
     def input_resolution(self) -> int:
         return self.visual.input_resolution
 
+    # Image preprocessing CLIP was trained with (OpenAI's values): short side resized, centre crop.
+    image_mean = (0.48145466, 0.4578275, 0.40821073)
+    image_std = (0.26862954, 0.26130258, 0.27577711)
+    interpolation = "bicubic"
+    resize_mode = "shortest"
+
+    # Text-tower views shared with open_clip encoders (the temporal encoder copies from them).
+    @property
+    def text_transformer(self) -> "Transformer":
+        return self.transformer
+
+    @property
+    def text_width(self) -> int:
+        return self.transformer.width
+
+    @property
+    def text_positional_embedding(self) -> torch.Tensor:
+        return self.positional_embedding  # C x W
+
+    @property
+    def tokenizer(self) -> CLIPTextTokenizer:
+        """CLIP's BPE as ``tokenize(texts, max_words) -> (ids, mask)`` (light: give it to DataLoaders)."""
+        return CLIPTextTokenizer()
+
+    def tokenize(self, texts, max_words: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """SOT, at most ``max_words - 2`` BPE tokens, EOT, zeros; mask 1 on SOT..EOT."""
+        return tokenize(texts, max_words)
+
+    def text_pool_index(self, text: torch.Tensor) -> torch.Tensor:
+        """``B``: the position ``encode_text`` reads, the EOT token (the largest id in CLIP's vocabulary)."""
+        return text.argmax(dim=-1)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward (both towers): memory for compute."""
         self.visual.transformer.grad_checkpointing = enable
@@ -389,11 +425,13 @@ def build_model(state_dict: Mapping[str, torch.Tensor]) -> CLIP:
 
 
 def available_models() -> List[str]:
-    """Every name ``load_clip`` accepts besides a file path: OpenAI's models, then ``scratch:`` ones."""
+    """Every name ``load_clip`` accepts besides a file path and ``open_clip:<model>``: OpenAI's models,
+    then ``scratch:`` ones."""
     return list(OPENAI_MODELS) + [f"scratch:{name}" for name in SCRATCH_CONFIGS]
 
 
-def load_clip(name_or_path: str, cache_dir: Optional[str] = None) -> CLIP:
+def load_clip(name_or_path: str, cache_dir: Optional[str] = None, pretrained: Optional[str] = None,
+              tokenizer: Optional[str] = None):
     """Return a fp32 CLIP ViT on the CPU, in eval mode, from one of:
 
     * an OpenAI model name (``ViT-B/32``, ``ViT-B/16``, ``ViT-L/14``, ``ViT-L/14@336px``):
@@ -401,8 +439,18 @@ def load_clip(name_or_path: str, cache_dir: Optional[str] = None) -> CLIP:
       and verified against the sha256 in its URL;
     * a path to a checkpoint file: OpenAI's TorchScript archive or a plain state dict;
     * ``scratch:<config>`` (``tiny`` or an OpenAI name): random OpenAI-style initialisation,
-      drawn from torch's global RNG (seed it first for reproducibility).
+      drawn from torch's global RNG (seed it first for reproducibility);
+    * ``open_clip:<model>`` (e.g. ``open_clip:ViT-B-16-SigLIP``): an open_clip model wrapped with the
+      same interface; ``pretrained`` is its tag or weights file (None: random weights) and
+      ``tokenizer`` a folder with its sentencepiece tokenizer (see ``open_clip_backbone``).
     """
+    if name_or_path.startswith(OPEN_CLIP_PREFIX):
+        from tvr.models.open_clip_backbone import load_open_clip  # open_clip is imported only when used
+
+        return load_open_clip(name_or_path, cache_dir=cache_dir, pretrained=pretrained, tokenizer=tokenizer)
+    if pretrained is not None or tokenizer is not None:
+        raise ValueError(f"--pretrained / --tokenizer apply to open_clip backbones ({OPEN_CLIP_PREFIX}<model>), "
+                         f"not to {name_or_path!r}")
     if name_or_path.startswith("scratch:"):
         config_name = name_or_path[len("scratch:"):]
         if config_name not in SCRATCH_CONFIGS:
@@ -418,7 +466,8 @@ def load_clip(name_or_path: str, cache_dir: Optional[str] = None) -> CLIP:
     else:
         raise ValueError(
             f"Unknown CLIP model '{name_or_path}': not an OpenAI model name, a scratch configuration, "
-            f"or an existing checkpoint file. Accepted names: {', '.join(available_models())}; "
+            f"an open_clip model ({OPEN_CLIP_PREFIX}<name>) or an existing checkpoint file. "
+            f"Accepted names: {', '.join(available_models())}; "
             f"or a path to a CLIP ViT checkpoint (OpenAI TorchScript archive or plain state dict)."
         )
     state_dict = read_state_dict(path)
