@@ -37,6 +37,7 @@ class ModelConfig:
 
     base_encoder: str = "ViT-B/32"  # OpenAI name, checkpoint path, scratch:<config> or open_clip:<name>
     pretrained: Optional[str] = None  # open_clip weights: a tag or a file
+    tokenizer: Optional[str] = None  # open_clip: folder of a sentencepiece tokenizer (SigLIP)
     # The encoder's architecture (CLIPConfig fields), filled when the model is built, so a checkpoint
     # rebuilds its encoder without downloading weights it is about to overwrite.
     encoder_config: Optional[dict] = None
@@ -81,19 +82,12 @@ class VideoColBERT(nn.Module):
         super().__init__()
         self.config = config
         self.clip = clip
-        width = clip.embed_dim
         self.temporal: Optional[TemporalEncoder] = None
         if not config.meanp and "video" in config.branches:
-            text_width = clip.transformer.width
-            if text_width != width or width % 64:
-                raise ValueError(
-                    f"the temporal encoder is initialised from CLIP's text blocks, so it needs text width "
-                    f"({text_width}) == embedding dim ({width}), a multiple of 64 (heads = width / 64)"
-                )
-            self.temporal = TemporalEncoder(
-                width, config.temporal_layers, width // 64, config.max_frames, config.visual_expansion
+            # Initialised from the backbone's first text blocks (random if its text width differs).
+            self.temporal = TemporalEncoder.from_backbone(
+                clip, config.temporal_layers, config.max_frames, config.visual_expansion
             )
-            self.temporal.init_from_clip(clip)
         self.loss = RetrievalLoss(
             loss=config.loss,
             dual=config.dual_loss,
@@ -116,8 +110,8 @@ class VideoColBERT(nn.Module):
         """text_ids, text_mask: B x L (mask 1 on SOT..EOT). Returns the query token set."""
         tokens = F.normalize(self.clip.encode_text_tokens(text_ids), dim=-1)  # B x L x D
         if self.config.meanp:
-            eot = text_ids.argmax(dim=-1)  # the EOT id is the largest in CLIP's vocabulary
-            tokens = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].unsqueeze(1)  # B x 1 x D
+            pooled = self.clip.text_pool_index(text_ids)  # B: CLIP's EOT, SigLIP's last position
+            tokens = tokens[torch.arange(tokens.shape[0], device=tokens.device), pooled].unsqueeze(1)  # B x 1 x D
             return TokenSet(tokens, text_mask.new_ones(tokens.shape[:2]))
         mask = torch.ones_like(text_mask) if self.config.query_expansion else text_mask.clone()
         if not self.config.query_sot:
