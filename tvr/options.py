@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad_clip", type=float, default=1.0, help="gradient-norm clipping (0: off)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--base_encoder", default="ViT-B/32", help="OpenAI CLIP name, checkpoint path, or scratch:<config> (e.g. scratch:tiny)")
+    g.add_argument("--base_encoder", default="ViT-B/32", help="OpenAI CLIP name, checkpoint path, scratch:<config> (e.g. scratch:tiny), or open_clip:<model> (e.g. open_clip:ViT-B-16-SigLIP)")
+    g.add_argument("--pretrained", default=None, help="open_clip weights: a pretrained tag (e.g. webli; downloaded and cached by open_clip), a weights file or a folder holding one; unset: random weights")
+    g.add_argument("--tokenizer", default=None, help="open_clip models with a sentencepiece tokenizer (SigLIP): folder with spiece.model/tokenizer.model and special_tokens_map.json (default: beside the --pretrained file)")
     g.add_argument("--clip_cache_dir", default=None, help="where OpenAI checkpoints are downloaded (default ~/.cache/clip)")
     g.add_argument("--interaction", choices=INTERACTIONS, default="mms", help="late-interaction scoring: mms (MeanMaxSim) or maxsim (ColBERT's sum)")
     _add_switch(g, "--meanp", "CLIP4Clip mean-pooling baseline instead of late interaction (EOT token vs mean frame)")
