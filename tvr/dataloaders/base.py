@@ -167,7 +167,8 @@ class RetrievalSplit:
             raise ValueError(f"{cfg.datatype} {self.split}: the annotation files list no (non-empty) captions")
         self.video_ids, self.video_paths, self.captions, self.caption_video = self._resolve(ann)
         self.tokenizer = tokenizer
-        self.transform = build_frame_transform(cfg.input_resolution)
+        self.transform = build_frame_transform(cfg.input_resolution, mean=cfg.image_mean, std=cfg.image_std,
+                                               interpolation=cfg.interpolation, resize_mode=cfg.resize_mode)
         logger.info("%s %s: %d captions, %d videos", cfg.datatype, self.split, len(self.captions),
                     len(self.video_ids))
         self._log_truncated_captions()
@@ -211,10 +212,14 @@ class RetrievalSplit:
 
     # ----------------------------------------------------------------- loaders
     def encode_text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """caption -> (ids, mask), LongTensor[max_words] each (CLIP BPE, see tokenization_clip)."""
-        from tvr.models.tokenization_clip import tokenize  # lazy: the model package is heavier
+        """caption -> (ids, mask), LongTensor[max_words] each. The tokenizer is the backbone's (anything
+        with ``tokenize(texts, max_words)``, e.g. ``encoder.tokenizer``); by default CLIP's BPE."""
+        if hasattr(self.tokenizer, "tokenize"):
+            ids, mask = self.tokenizer.tokenize([caption], self.cfg.max_words)
+        else:  # None or a tokenization_clip.SimpleTokenizer
+            from tvr.models.tokenization_clip import tokenize  # lazy: the model package is heavier
 
-        ids, mask = tokenize([caption], self.cfg.max_words, tokenizer=self.tokenizer)
+            ids, mask = tokenize([caption], self.cfg.max_words, tokenizer=self.tokenizer)
         return ids[0].long(), mask[0].long()
 
     def load_video(self, video_index: int, jitter: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,13 @@ class DataConfig:
     slice_framepos: int = 2
     # Encoder input resolution: short side resized (bicubic) to this, then centre-cropped.
     input_resolution: int = 224
+    # The backbone's image preprocessing (main.py copies the encoder's): normalisation mean / std,
+    # resize interpolation, and resize mode ("shortest": short side + centre crop, as CLIP;
+    # "squash": both sides to the resolution, as SigLIP; "longest": long side + zero padding).
+    image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
     # Training only: take a random frame inside each sampled segment instead of its first frame.
     frame_jitter: bool = False
     # MSR-VTT training list: "9k" (MSRVTT_train.9k.csv) or "7k" (MSRVTT_train.7k.csv).
@@ -61,6 +68,15 @@ class DataConfig:
         if self.train_list not in ("9k", "7k"):
             raise ValueError(f"train_list must be '9k' or '7k', got {self.train_list!r}")
         self.video_extensions = tuple(e.lower() for e in self.video_extensions)
+        self.image_mean = tuple(float(v) for v in self.image_mean)  # lists from a JSON config too
+        self.image_std = tuple(float(v) for v in self.image_std)
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(f"image_mean and image_std need 3 values each (std > 0), got {self.image_mean}, "
+                             f"{self.image_std}")
+        if self.resize_mode not in ("shortest", "squash", "longest"):
+            raise ValueError(f"resize_mode must be shortest, squash or longest, got {self.resize_mode!r}")
+        if self.interpolation not in ("bicubic", "bilinear", "nearest"):
+            raise ValueError(f"interpolation must be bicubic, bilinear or nearest, got {self.interpolation!r}")
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> "DataConfig":
