@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tvr.models.similarity import mean_max_sim, mean_max_sim_pairwise
+from tvr.models.similarity import mean_max_sim, mean_max_sim_pairwise, resolve_chunk_sizes
 
 INF = float("inf")
 
@@ -15,6 +15,9 @@ def naive_reference(q, q_mask, v, v_mask, interaction="mms"):
     out = torch.empty(nq, nv, dtype=torch.float64)
     for a in range(nq):
         for b in range(nv):
+            if not bool(v_mask[b].any()):  # a set without valid tokens: -inf for every query
+                out[a, b] = -INF
+                continue
             total, count = 0.0, 0
             for i in range(lq):
                 if not bool(q_mask[a, i]):
@@ -104,6 +107,49 @@ def test_matches_naive_reference_chunked_and_unchunked(interaction):
         pair = mean_max_sim_pairwise(q[:min(nq, nv)], q_mask[:min(nq, nv)], v[:min(nq, nv)],
                                      v_mask[:min(nq, nv)], interaction)
         torch.testing.assert_close(pair, torch.diagonal(full[:min(nq, nv), :min(nq, nv)]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("interaction", ["mms", "maxsim"])
+def test_evaluation_and_autograd_paths_match_reference_across_uneven_chunks(interaction):
+    """The no-grad path reuses one set of buffers for every block: chunks of different sizes
+    (a short last chunk on both axes), query chunks with different numbers of valid tokens, an
+    empty query, an all-valid query chunk after compacted ones, and empty token sets in some
+    chunks only must not leak values from one block into the next."""
+    q, q_mask, v, v_mask = random_case(7, 5, 10, 4, 6, seed=31)
+    q_mask[2] = False  # an empty query
+    q_mask[3, 1:] = False  # one valid token
+    q_mask[5:] = True  # the last query chunk (q_chunk_size 3 -> rows 6..) has every token valid
+    v_mask[4] = False  # empty sets in the second chunk only (chunk_size 3)
+    v_mask[9] = False  # and in the short last chunk
+    v_mask[6, 1:] = False
+    ref = naive_reference(q, q_mask, v, v_mask, interaction)
+    for chunk, q_chunk in [(3, 3), (4, 2), (1, 7), (10, 1)]:
+        with torch.no_grad():
+            fast = mean_max_sim(q, q_mask, v, v_mask, interaction, chunk_size=chunk, q_chunk_size=q_chunk)
+        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+        q_grad = q.clone().requires_grad_()
+        slow = mean_max_sim(q_grad, q_mask, v, v_mask, interaction, chunk_size=chunk, q_chunk_size=q_chunk)
+        assert slow.requires_grad and not fast.requires_grad
+        torch.testing.assert_close(slow.detach(), ref, rtol=1e-12, atol=1e-12)
+    # Inputs that need no gradient take the buffer path with autograd on, too.
+    torch.testing.assert_close(mean_max_sim(q, q_mask, v, v_mask, interaction, chunk_size=3, q_chunk_size=3), ref,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_automatic_chunks_balance_the_block_within_budget():
+    # Budget 2**21: isqrt = 1448 query tokens -> 1448 // 32 = 45 queries; 2**21 // (45 * 32 * 26) = 56
+    # videos; then 2**21 // (56 * 32 * 26) = 45 queries.
+    assert resolve_chunk_sizes(1000, 32, 1000, 26, None, None, 2 ** 21) == (56, 45)
+    # Few queries (a training batch): they all fit, the videos take the rest of the budget.
+    assert resolve_chunk_sizes(8, 32, 10_000, 26, None, None, 2 ** 21) == (315, 8)
+    # Few videos: all of them, and the queries take the rest.
+    assert resolve_chunk_sizes(10_000, 32, 10, 26, None, None, 2 ** 21) == (10, 252)
+    # An explicit video chunk is kept; the query chunk fills the budget (2**21 // (32 * 26 * 256) = 9).
+    assert resolve_chunk_sizes(1000, 32, 1000, 26, 256, None, 2 ** 21) == (256, 9)
+    for nq, lq, nv, lv, budget in [(1000, 32, 1000, 26, 2 ** 21), (3, 77, 5000, 12, 2 ** 16), (500, 8, 7, 100, 10 ** 6)]:
+        c, qc = resolve_chunk_sizes(nq, lq, nv, lv, None, None, budget)
+        assert 1 <= c <= nv and 1 <= qc <= nq
+        assert qc * lq * c * lv <= budget
 
 
 def test_float32_matches_reference():
