@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from .evaluate import autocast_context
+from .precision import autocast_context
 
 logger = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from ..utils.optim import build_optimizer, build_param_groups, warmup_cosine_sch
 from ..utils.sampling import GlobalBatchSampler
 from .evaluate import evaluate, log_results, results_summary
 from .model_io import checkpoint_payload, stored_config
+from .precision import grad_scaler
 from .train import TrainState, train_one_epoch
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,7 @@ def fit(model: VideoColBERT, run_cfg: RunConfig, opts: TrainOptions, runtime: Ru
     groups = build_param_groups(model, optim.lr, optim.coef_lr, optim.weight_decay, loss_lr=optim.effective_loss_lr)
     optimizer = build_optimizer(groups)
     scheduler = warmup_cosine_schedule(optimizer, int(optim.warmup_proportion * total_steps), total_steps)
-    use_scaler = opts.precision == "fp16" and runtime.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    scaler = grad_scaler(runtime.device, opts.precision)
     logger.info("%d training pairs, %d steps per epoch, %d steps in all", len(train_set), sampler.steps_per_epoch, total_steps)
 
     last_path = os.path.join(opts.output_dir, LAST)
