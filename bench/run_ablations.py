@@ -1,0 +1,85 @@
+"""Run the ablation table on the synthetic demo: one `bash train.sh` per (variant, seed), then one markdown row
+per variant with the mean (and spread) over seeds of the test metrics and the temporal-twin metrics.
+
+    python bench/run_ablations.py --seeds 42 43 --variants default loss_sigmoid ... [--out outputs/ablations]
+
+Each row's command is printed beside it, so any row can be re-run by hand. Finished runs are reused
+(their eval_results.json is read back), so an interrupted table can simply be restarted.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name -> (environment for train.sh, what the row tests, "paper" if the paper specifies the setting)
+VARIANTS = {
+    "default": ({}, "the demo recipe", ""),
+    "loss_softmax": ({"LOSS": "softmax"}, "symmetric InfoNCE instead of the dual sigmoid loss", "paper: sigmoid"),
+    "loss_sigmoid": ({"LOSS": "sigmoid"}, "the paper's dual sigmoid loss", "paper"),
+    "loss_sigmoid_lr_new": ({"LOSS": "sigmoid", "LOSS_LR": "1e-3"}, "sigmoid, loss scalars at the new modules' lr", "ours"),
+    "single_loss": ({"EXTRA_ARGS": "--dual_loss 0"}, "one loss on s_F + s_V", "paper: dual"),
+    "no_sot": ({"EXTRA_ARGS": "--query_sot 0"}, "<|startoftext|> not a query token", "ours"),
+    "raw_temporal_input": ({"EXTRA_ARGS": "--temporal_input raw"}, "temporal encoder reads raw CLS tokens", "ours"),
+    "no_query_expansion": ({"EXTRA_ARGS": "--query_expansion 0"}, "padding positions not query tokens", "paper: on"),
+    "maxsim_no_qe": ({"EXTRA_ARGS": "--query_expansion 0 --interaction maxsim"}, "ColBERT's sum (expansion off)", "paper: mean"),
+    "visual_expansion_0": ({"EXTRA_ARGS": "--visual_expansion 0"}, "no visual expansion tokens", "paper: on"),
+    "visual_expansion_4": ({"EXTRA_ARGS": "--visual_expansion 4"}, "4 visual expansion tokens", "ours (count)"),
+    "frame_only": ({"EXTRA_ARGS": "--branches frame"}, "frame branch only", "paper: both"),
+    "video_only": ({"EXTRA_ARGS": "--branches video"}, "video branch only", "paper: both"),
+    "meanp": ({"EXTRA_ARGS": "--meanp 1"}, "CLIP4Clip mean-pooling baseline", "baseline"),
+}
+COLUMNS = (("t2v", "R1"), ("t2v", "R5"), ("t2v", "MdR"), ("v2t", "R1"), ("temporal", "temporal_R1"),
+           ("temporal", "twin_accuracy"))
+
+
+def command_for(name: str, seed: int, out_root: str) -> tuple:
+    env, _, _ = VARIANTS[name]
+    env = dict(env, SEED=str(seed), OUTPUT_DIR=os.path.join(out_root, f"{name}_s{seed}"))
+    shown = " ".join(f'{k}="{v}"' if " " in v else f"{k}={v}" for k, v in env.items()) + " bash train.sh"
+    return env, shown
+
+
+def run(name: str, seed: int, out_root: str) -> dict:
+    env, shown = command_for(name, seed, out_root)
+    results = os.path.join(env["OUTPUT_DIR"], "eval_results.json")
+    if not os.path.exists(results):
+        start = time.time()
+        subprocess.run(["bash", "train.sh"], cwd=REPO, env=dict(os.environ, **env, OVERWRITE="1"),
+                       stdout=subprocess.DEVNULL, check=True)
+        print(f"{shown}: {time.time() - start:.0f} s", file=sys.stderr)
+    with open(results) as f:
+        return json.load(f)
+
+
+def row(name: str, runs: list, seeds: list) -> str:
+    cells = []
+    for section, key in COLUMNS:
+        values = [r[section][key] for r in runs if section in r]
+        mean = statistics.mean(values)
+        spread = f" ± {statistics.pstdev(values):.1f}" if len(values) > 1 else ""
+        cells.append(f"{mean:.1f}{spread}")
+    env, _, paper = VARIANTS[name]
+    _, shown = command_for(name, seeds[0], "outputs/ablations")
+    return f"| {VARIANTS[name][1]} | {paper} | " + " | ".join(cells) + f" | `{shown}` |"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[42])
+    p.add_argument("--out", default="outputs/ablations", help="one folder per run below this")
+    args = p.parse_args(argv)
+    print("| variant | setting in the paper | t2v R@1 | R@5 | MdR | v2t R@1 | temporal R@1 | twin acc. | command (per seed: SEED=...) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.variants:
+        runs = [run(name, seed, args.out) for seed in args.seeds]
+        print(row(name, runs, args.seeds), flush=True)
+
+
+if __name__ == "__main__":
+    main()
