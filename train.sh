@@ -24,6 +24,7 @@ fi
 
 OPTIONAL=()
 [ -n "${PRETRAINED:-}" ] && OPTIONAL+=(--pretrained "$PRETRAINED")
+[ -n "${TOKENIZER:-}" ] && OPTIONAL+=(--tokenizer "$TOKENIZER")
 [ -n "${LOSS_LR:-}" ] && OPTIONAL+=(--loss_lr "$LOSS_LR")
 
 # shellcheck disable=SC2086
