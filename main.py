@@ -20,6 +20,7 @@ import torch
 
 from tvr.config import RunConfig, reconcile_with_checkpoint
 from tvr.dataloaders import build_eval_dataset, build_train_dataset, check_annotation_files
+from tvr.dataloaders.probe import UndecodableVideosError, check_eval_videos
 from tvr.dataloaders.synthetic import load_temporal_queries, temporal_metrics
 from tvr.engine.evaluate import evaluate, log_results, results_summary
 from tvr.engine.model_io import build_model, stored_config
@@ -31,6 +32,7 @@ from tvr.utils.logger import log_args, setup_logging
 from tvr.utils.versions import package_versions
 
 logger = logging.getLogger("main")
+PROBE_CACHE = "video_probe.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -65,6 +67,28 @@ def write_eval_results(summary: dict, output_dir: str) -> None:
         shutil.move(path, kept)
         logger.info("kept the previous %s as %s", path, kept)
     atomic_save_json(summary, path)
+
+
+def probe_evaluation_videos(splits, data_cfg, args, runtime) -> None:
+    """An undecodable validation or test video stops the run now, not after the first epoch.
+
+    Rank 0 probes (cached in the output folder, so a resumed run does not probe again) and tells the
+    other ranks, so that every rank stops together."""
+    paths = sorted({p for split in splits for p in split.videos.data.video_paths})
+    error = None
+    if runtime.is_main:
+        try:
+            check_eval_videos(paths, data_cfg, workers=max(args.workers, 1),
+                              cache_path=os.path.join(args.output_dir, PROBE_CACHE), progress=sys.stderr.isatty())
+        except UndecodableVideosError as e:
+            error = e
+    failed = torch.tensor([error is not None], device=runtime.device)
+    if runtime.world_size > 1:
+        torch.distributed.broadcast(failed, src=0)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise UndecodableVideosError("rank 0 found undecodable evaluation videos (its log lists them)", [])
 
 
 def main(argv=None) -> dict:
@@ -113,10 +137,13 @@ def run(args, argv, runtime) -> dict:
     if runtime.is_main:
         atomic_save_json(run_cfg.to_dict(), os.path.join(args.output_dir, "config.json"))
 
+    tokenizer = model.clip.tokenizer  # the backbone's own
     evaluated = args.init_model
     if args.do_train:
-        train_set = build_train_dataset(run_cfg.data)
-        val_data = build_eval_dataset(run_cfg.data, "val")
+        train_set = build_train_dataset(run_cfg.data, tokenizer=tokenizer)
+        val_data = build_eval_dataset(run_cfg.data, "val", tokenizer=tokenizer)
+        eval_splits = [val_data] + ([build_eval_dataset(run_cfg.data, "test", tokenizer=tokenizer)] if args.do_eval else [])
+        probe_evaluation_videos(eval_splits, run_cfg.data, args, runtime)
         opts = TrainOptions(
             output_dir=args.output_dir, workers=args.workers, batch_size_val=args.batch_size_val,
             n_display=args.n_display, checkpoint_every=args.checkpoint_every, keep_epochs=args.keep_epochs,
@@ -130,7 +157,7 @@ def run(args, argv, runtime) -> dict:
 
     results = None
     if args.do_eval:
-        test_data = build_eval_dataset(run_cfg.data, "test")
+        test_data = build_eval_dataset(run_cfg.data, "test", tokenizer=tokenizer)
         results, sim = evaluate(model, test_data, runtime, args.batch_size_val, args.workers, args.precision, args.dsl)
         if runtime.is_main:
             log_results("test", results)

@@ -276,3 +276,20 @@ def test_a_fatal_error_is_one_line_in_log_txt(dataset, tmp_path):
     log = (out / "log.txt").read_text()
     line = next(l for l in log.splitlines() if "fatal" in l)
     assert "missing.pth" in line and "Traceback" in log
+
+
+def test_an_undecodable_test_video_stops_the_run_before_training(dataset, tmp_path):
+    broken = tmp_path / "data"
+    shutil.copytree(dataset, broken, symlinks=True)
+    first_test_row = (broken / "anns" / "MSRVTT_JSFUSION_test.csv").read_text().splitlines()[1]
+    victim = broken / "videos" / (first_test_row.split(",")[2] + ".mp4")
+    victim.write_bytes(victim.read_bytes()[:300])
+    out = tmp_path / "run"
+    args = train_args(broken, out, "--do_eval", "1")
+    with pytest.raises(RuntimeError, match=rf"(?s){victim.name}.*--allow_decode_errors 1"):
+        main_module.main(args)
+    log = (out / "log.txt").read_text()
+    assert "fatal" in log and victim.name in log and " step " not in log  # no training step ran
+    assert not list(out.glob("*.pth"))
+    main_module.main(args + ["--allow_decode_errors", "1"])  # scored as never retrieved instead
+    assert victim.stem in json.loads((out / "eval_results.json").read_text())["failed_videos"]

@@ -169,7 +169,7 @@ def _sum_across_ranks(value: int, runtime: Runtime) -> int:
 
 # ---- the output folder --------------------------------------------------------------------------
 
-RUN_FILES = ("last.pth", "best.pth", "eval_results.json", "config.json", "curves.png", "log.txt")
+RUN_FILES = ("last.pth", "best.pth", "eval_results.json", "config.json", "curves.png", "log.txt", "video_probe.json")
 _STALE_TMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # tvr.utils.checkpoint.atomic_write's names
 
 
