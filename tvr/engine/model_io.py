@@ -8,7 +8,6 @@ re-initialised model. Older checkpoints (the flag namespace under "args") and ba
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Mapping, Optional, Tuple
 
 import torch
@@ -18,7 +17,6 @@ from ..models.modeling import ModelConfig, VideoColBERT
 from ..models.module_clip import CLIP, SCRATCH_CONFIGS, CLIPConfig, load_clip
 from ..utils.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model_weights
 
-logger = logging.getLogger(__name__)
 
 
 def build_model(cfg: ModelConfig, *, pretrained: bool = True, cache_dir: Optional[str] = None) -> VideoColBERT:

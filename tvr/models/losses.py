@@ -21,7 +21,6 @@ them out of weight decay by name.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
@@ -29,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger(__name__)
 
 LOSSES = ("sigmoid", "softmax")
 # CLIP caps the logit scale at 100 (open_clip / CLIP's training clamp it to ln 100).

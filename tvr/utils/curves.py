@@ -7,12 +7,10 @@ atomically so a reader never sees half a picture.
 from __future__ import annotations
 
 import io
-import logging
 from typing import Dict, Sequence
 
 from .checkpoint import atomic_write
 
-logger = logging.getLogger(__name__)
 
 # Panels: (title, prefixes of the logged statistics drawn in it).
 _PANELS = (("training loss", ("loss",)), ("temperature exp(t)", ("temperature_", "logit_scale_")), ("bias", ("bias_",)))

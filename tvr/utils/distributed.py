@@ -21,13 +21,11 @@ dimensions must agree across ranks.
 
 from __future__ import annotations
 
-import logging
 from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 
-logger = logging.getLogger(__name__)
 
 
 def is_distributed() -> bool:

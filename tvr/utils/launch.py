@@ -1,12 +1,10 @@
 """Process-group setup for plain ``python``, ``torchrun`` and ``torch.distributed.launch``."""
-import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass
