@@ -260,6 +260,23 @@ def test_truncated_captions_counted_once_per_split(tmp_path, clip_file, caplog):
     with caplog.at_level(logging.INFO, logger="tvr.dataloaders.base"):
         RetrievalSplit(cfg, "train")
     assert "msrvtt train: 2 of 4 captions are longer than max_words (8 tokens) and are truncated" in caplog.text
+    # another tokenizer (one token per word + end token: 7 words fit) counts exactly on small splits ...
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tvr.dataloaders.base"):
+        RetrievalSplit(cfg, "train", tokenizer=_WordTokenizer())
+    assert "msrvtt train: 1 of 4 captions are longer than max_words" in caplog.text
+
+
+def test_truncated_captions_estimated_from_a_sample_for_other_tokenizers(tmp_path, clip_file, caplog):
+    # one token per word + end token, max_words 8: captions of more than 7 words are cut (the 1st and 6th)
+    cfg = write_msrvtt(tmp_path, clip_file, sentences=[("video0", "w " * 10)] + [("video0", "w")] * 4 +
+                       [("video1", "w " * 10)], train_csv="video_id\nvideo0\nvideo1\n",
+                       test_rows=[["r0", "m", "video3", "a cat"]])
+    data = RetrievalSplit(cfg, "train", tokenizer=_WordTokenizer())
+    with caplog.at_level(logging.INFO, logger="tvr.dataloaders.base"):
+        data._log_truncated_captions(sample_size=2)  # evenly spaced: the first and the last caption
+    assert "msrvtt train: about 6 of 6 captions are longer than max_words (8 tokens) and are truncated " \
+           "(2 of 2 sampled captions)" in caplog.text
 
 
 def test_count_long_captions_matches_the_reference_tokenizer():

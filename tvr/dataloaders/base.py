@@ -204,11 +204,23 @@ class RetrievalSplit:
             raise FileNotFoundError(f"{self.cfg.datatype} {self.split}: no video found under {where}")
         return video_ids, video_paths, captions, caption_video
 
-    def _log_truncated_captions(self) -> None:
-        long = count_long_captions(self.captions, self.cfg.max_words, self.tokenizer)
+    def _log_truncated_captions(self, sample_size: int = 5000) -> None:
+        """Log how many captions max_words cuts. Exact for CLIP's BPE (fast); other tokenizers
+        encode caption by caption, so large splits are estimated from an evenly spaced sample."""
+        n = len(self.captions)
+        label = f"{self.cfg.datatype} {self.split}"
+        if _clip_bpe(self.tokenizer) is not None or n <= sample_size:
+            long = count_long_captions(self.captions, self.cfg.max_words, self.tokenizer)
+            if long:
+                logger.info("%s: %d of %d captions are longer than max_words (%d tokens) and are truncated",
+                            label, long, n, self.cfg.max_words)
+            return
+        sample = [self.captions[i] for i in np.linspace(0, n - 1, sample_size).round().astype(int)]
+        long = count_long_captions(sample, self.cfg.max_words, self.tokenizer)
         if long:
-            logger.info("%s %s: %d of %d captions are longer than max_words (%d tokens) and are truncated",
-                        self.cfg.datatype, self.split, long, len(self.captions), self.cfg.max_words)
+            logger.info("%s: about %d of %d captions are longer than max_words (%d tokens) and are truncated "
+                        "(%d of %d sampled captions)", label, round(long * n / sample_size), n,
+                        self.cfg.max_words, long, sample_size)
 
     # ----------------------------------------------------------------- loaders
     def encode_text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
