@@ -275,6 +275,14 @@ def test_tag_files_placed_by_hand_are_used(siglip_file, sp_folder, tmp_path, mon
     assert torch.equal(enc.model.text.token_embedding.weight, ref.text.token_embedding.weight)
     assert (enc.image_mean, enc.interpolation, enc.resize_mode) == ((0.5,) * 3, "bilinear", "squash")
     assert enc.tokenize(["a cat"], 16)[0][0, -1] == 1
+    # Rebuilding for a checkpoint: same preprocessing and tokenizer, weights not loaded.
+    torch.manual_seed(5)
+    bare = load_clip(f"open_clip:{SIGLIP}", pretrained="demo", cache_dir=str(tmp_path), load_weights=False)
+    assert not torch.equal(bare.model.text.token_embedding.weight, ref.text.token_embedding.weight)
+    assert (bare.image_mean, bare.interpolation, bare.resize_mode) == ((0.5,) * 3, "bilinear", "squash")
+    assert torch.equal(bare.tokenize(["a cat"], 16)[0], enc.tokenize(["a cat"], 16)[0])
+    gone = load_clip(f"open_clip:{SIGLIP}", pretrained=str(tmp_path / "moved.pt"), load_weights=False)
+    assert gone.input_resolution == 160
 
 
 def test_preprocessing_of_published_tags_without_download():

@@ -431,7 +431,7 @@ def available_models() -> List[str]:
 
 
 def load_clip(name_or_path: str, cache_dir: Optional[str] = None, pretrained: Optional[str] = None,
-              tokenizer: Optional[str] = None):
+              tokenizer: Optional[str] = None, load_weights: bool = True):
     """Return a fp32 CLIP ViT on the CPU, in eval mode, from one of:
 
     * an OpenAI model name (``ViT-B/32``, ``ViT-B/16``, ``ViT-L/14``, ``ViT-L/14@336px``):
@@ -442,12 +442,15 @@ def load_clip(name_or_path: str, cache_dir: Optional[str] = None, pretrained: Op
       drawn from torch's global RNG (seed it first for reproducibility);
     * ``open_clip:<model>`` (e.g. ``open_clip:ViT-B-16-SigLIP``): an open_clip model wrapped with the
       same interface; ``pretrained`` is its tag or weights file (None: random weights) and
-      ``tokenizer`` a folder with its sentencepiece tokenizer (see ``open_clip_backbone``).
+      ``tokenizer`` a folder with its sentencepiece tokenizer (see ``open_clip_backbone``);
+      ``load_weights=False`` builds it with random weights but the preprocessing and tokenizer
+      ``pretrained`` implies (a checkpoint overwrites the weights).
     """
     if name_or_path.startswith(OPEN_CLIP_PREFIX):
         from tvr.models.open_clip_backbone import load_open_clip  # open_clip is imported only when used
 
-        return load_open_clip(name_or_path, cache_dir=cache_dir, pretrained=pretrained, tokenizer=tokenizer)
+        return load_open_clip(name_or_path, cache_dir=cache_dir, pretrained=pretrained, tokenizer=tokenizer,
+                              load_weights=load_weights)
     if pretrained is not None or tokenizer is not None:
         raise ValueError(f"--pretrained / --tokenizer apply to open_clip backbones ({OPEN_CLIP_PREFIX}<model>), "
                          f"not to {name_or_path!r}")

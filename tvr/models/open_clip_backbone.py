@@ -334,12 +334,32 @@ class WeightsPlan:
     folder: Optional[str]  # where tokenizer files may sit beside the weights
     tag: Optional[str] = None  # a tag open_clip downloads
     manual: Optional[str] = None  # the hand-filled folder for that tag
+    tag_download: bool = False  # weights come from a tag's download (its tokenizer may be fetched too)
 
 
-def plan_weights(model_name: str, pretrained: Optional[str], cache_dir: Optional[str]) -> WeightsPlan:
-    """Turn ``--pretrained`` into what to load, checked before anything is built or downloaded."""
+def _exists_or_tag(model_name: str, pretrained: str) -> bool:
+    return os.path.exists(os.path.expanduser(pretrained)) or bool(tag_config(model_name, pretrained))
+
+
+def plan_weights(model_name: str, pretrained: Optional[str], cache_dir: Optional[str],
+                 load_weights: bool = True) -> WeightsPlan:
+    """Turn ``--pretrained`` into what to load, checked before anything is built or downloaded.
+
+    ``load_weights=False`` (a checkpoint is about to overwrite every weight) keeps the preprocessing
+    and the tokenizer location that ``pretrained`` implies, but loads and downloads no weights.
+    """
     if pretrained is None:
         return WeightsPlan(None, _tags_preprocess(model_name), None)
+    if not load_weights:
+        plan = plan_weights(model_name, pretrained, cache_dir) if _exists_or_tag(model_name, pretrained) else None
+        if plan is None:
+            logger.info("--pretrained %s is not here; the architecture of %s is built without it", pretrained, model_name)
+            return WeightsPlan(None, _tags_preprocess(model_name), None)
+        if plan.tag is not None:
+            plan.preprocess = _preprocess_subset(tag_config(model_name, plan.tag))
+        plan.create_pretrained, plan.tag_download = None, plan.tag is not None
+        plan.tag = None
+        return plan
     path = os.path.expanduser(pretrained)
     if os.path.isdir(path):
         weights = find_weights(path)
@@ -361,7 +381,7 @@ def plan_weights(model_name: str, pretrained: Optional[str], cache_dir: Optional
         weights = find_weights(manual)
         logger.info("open_clip %s %s: using %s (placed by hand)", model_name, pretrained, weights)
         return WeightsPlan(weights, _preprocess_subset(cfg), manual, manual=manual)
-    return WeightsPlan(pretrained, None, None, tag=pretrained, manual=manual)
+    return WeightsPlan(pretrained, None, None, tag=pretrained, manual=manual, tag_download=True)
 
 
 def download_help(model_name: str, tag: str, manual: str, error: Exception, tokenizer_repo: Optional[str] = None) -> str:
@@ -387,8 +407,12 @@ def download_help(model_name: str, tag: str, manual: str, error: Exception, toke
 
 
 def load_open_clip(name: str, cache_dir: Optional[str] = None, pretrained: Optional[str] = None,
-                   tokenizer: Optional[str] = None) -> OpenCLIPEncoder:
-    """``open_clip:<model>`` as an ``OpenCLIPEncoder`` (fp32, CPU, eval mode); see the module doc."""
+                   tokenizer: Optional[str] = None, load_weights: bool = True) -> OpenCLIPEncoder:
+    """``open_clip:<model>`` as an ``OpenCLIPEncoder`` (fp32, CPU, eval mode); see the module doc.
+
+    ``load_weights=False``: random weights, but the preprocessing and tokenizer ``pretrained`` implies
+    (for rebuilding a trained model from its checkpoint without fetching weights it overwrites).
+    """
     import open_clip
 
     model_name = name[len(PREFIX):] if is_open_clip(name) else name
@@ -405,7 +429,8 @@ def load_open_clip(name: str, cache_dir: Optional[str] = None, pretrained: Optio
     if tokenizer is not None and not os.path.exists(os.path.expanduser(tokenizer)):
         raise FileNotFoundError(f"--tokenizer {tokenizer} does not exist")
     local_dir = model_name[len("local-dir:"):] if model_name.startswith("local-dir:") else None
-    plan = plan_weights(model_name, pretrained, cache_dir) if local_dir is None else WeightsPlan(None, None, local_dir)
+    plan = plan_weights(model_name, pretrained, cache_dir, load_weights) if local_dir is None else \
+        WeightsPlan(None, None, local_dir)
 
     try:
         model = open_clip.create_model(model_name, pretrained=plan.create_pretrained, precision="fp32", device="cpu",
@@ -426,7 +451,7 @@ def load_open_clip(name: str, cache_dir: Optional[str] = None, pretrained: Optio
         model_name=model_name, kind="sentencepiece" if sentencepiece else "bpe", clean=clean,
         vocab_size=int(text_cfg.get("vocab_size", 49408)),
         folders=[os.path.expanduser(tokenizer) if tokenizer else None, local_dir, plan.folder, plan.manual],
-        hub_repo=hub_repo, download=plan.tag is not None, cache_dir=cache_dir,
+        hub_repo=hub_repo, download=plan.tag_download, cache_dir=cache_dir,
         manual=plan.manual or (plan.folder if plan.folder else None),
     )
     encoder = OpenCLIPEncoder(model, model_name, open_clip.get_model_preprocess_cfg(model), spec)
