@@ -5,8 +5,9 @@ tokens, and each scores only its own texts against all videos; rank 0 alone rece
 No rank computes the full similarity matrix alone.
 """
 import logging
-from contextlib import nullcontext
-from typing import Dict
+import time
+from contextlib import contextmanager, nullcontext
+from typing import Dict, Optional
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -16,15 +17,9 @@ from ..utils.distributed import all_gather_no_grad, gather_to_rank
 from ..utils.launch import Runtime
 from ..utils.metrics import dual_softmax_rerank, format_metrics, t2v_metrics, v2t_metrics
 from ..utils.sampling import shard_range
+from .precision import autocast_context
 
 logger = logging.getLogger(__name__)
-
-
-def autocast_context(device: torch.device, precision: str):
-    """Mixed precision on CUDA only; the CPU path stays fp32 and deterministic."""
-    if device.type != "cuda" or precision == "fp32":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 def _shard_loader(dataset, runtime: Runtime, batch_size: int, workers: int) -> DataLoader:
@@ -57,7 +52,7 @@ def encode_texts(model: VideoColBERT, dataset, runtime: Runtime, batch_size: int
 
 @torch.no_grad()
 def encode_videos(model: VideoColBERT, dataset, runtime: Runtime, batch_size: int, workers: int, precision: str):
-    """Returns (token set per branch for ALL videos, bool tensor of videos that failed to decode)."""
+    """Returns (token set per branch for THIS RANK's videos, bool tensor of those that failed to decode)."""
     parts: Dict[str, list] = {}
     failed = []
     for batch in _shard_loader(dataset, runtime, batch_size, workers):
@@ -68,8 +63,17 @@ def encode_videos(model: VideoColBERT, dataset, runtime: Runtime, batch_size: in
         failed.append(batch["failed"].to(runtime.device).bool())
     n = _local_count(dataset, runtime)
     local = {name: _cat_token_sets(p) for name, p in parts.items()}
-    videos = {name: TokenSet(all_gather_no_grad(ts.tokens[:n]), all_gather_no_grad(ts.mask[:n])) for name, ts in local.items()}
-    return videos, all_gather_no_grad(torch.cat(failed)[:n])
+    return {name: TokenSet(ts.tokens[:n], ts.mask[:n]) for name, ts in local.items()}, torch.cat(failed)[:n]
+
+
+@contextmanager
+def _stage(timings: Dict[str, float], name: str, device: torch.device):
+    """Wall time of one evaluation stage (CUDA work is waited for, so it counts where it runs)."""
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -81,23 +85,38 @@ def evaluate(
     workers: int = 0,
     precision: str = "fp32",
     dsl: bool = False,
+    timings: Optional[Dict[str, float]] = None,
 ):
-    """Returns ({"t2v": metrics, "v2t": metrics, "failed_videos": [...]}, full similarity) on rank 0; (None, None) elsewhere."""
+    """Returns ({"t2v": metrics, "v2t": metrics, "failed_videos": [...]}, full similarity) on rank 0; (None, None) elsewhere.
+
+    Logs the wall time of each stage (this rank's); `timings`, when given, receives them in seconds."""
     model.eval()
-    texts = encode_texts(model, eval_data.texts, runtime, batch_size, workers, precision)
-    videos, failed = encode_videos(model, eval_data.videos, runtime, batch_size, workers, precision)
-    sim_local = model.similarity(texts, videos)  # n_local_texts x Nv
-    # Videos that could not be decoded (only with --allow_decode_errors) are never retrieved.
-    sim_local[:, failed] = float("-inf")
-    sim = gather_to_rank(sim_local, dst=0)  # Nq x Nv, on rank 0 only
+    timings = {} if timings is None else timings
+    device = runtime.device
+    with _stage(timings, "encode_texts", device):
+        texts = encode_texts(model, eval_data.texts, runtime, batch_size, workers, precision)
+    with _stage(timings, "encode_videos", device):
+        local_videos, local_failed = encode_videos(model, eval_data.videos, runtime, batch_size, workers, precision)
+    with _stage(timings, "gather_videos", device):
+        videos = {name: TokenSet(all_gather_no_grad(ts.tokens), all_gather_no_grad(ts.mask)) for name, ts in local_videos.items()}
+        failed = all_gather_no_grad(local_failed)
+    with _stage(timings, "score", device):
+        sim_local = model.similarity(texts, videos)  # n_local_texts x Nv
+        # Videos that could not be decoded (only with --allow_decode_errors) are never retrieved.
+        sim_local[:, failed] = float("-inf")
+    with _stage(timings, "gather_scores", device):
+        sim = gather_to_rank(sim_local, dst=0)  # Nq x Nv, on rank 0 only
     if not runtime.is_main:
         return None, None
-    sim = sim.cpu()
-    query_to_video = torch.as_tensor(eval_data.query_to_video)
-    # Dual softmax normalises each direction's candidates: over texts for t2v, over videos for v2t.
-    sim_t2v = dual_softmax_rerank(sim, dim=0) if dsl else sim
-    sim_v2t = dual_softmax_rerank(sim, dim=1) if dsl else sim
-    results = {"t2v": t2v_metrics(sim_t2v, query_to_video), "v2t": v2t_metrics(sim_v2t, query_to_video)}
+    with _stage(timings, "metrics", device):
+        sim = sim.cpu()
+        query_to_video = torch.as_tensor(eval_data.query_to_video)
+        # Dual softmax normalises each direction's candidates: over texts for t2v, over videos for v2t.
+        sim_t2v = dual_softmax_rerank(sim, dim=0) if dsl else sim
+        sim_v2t = dual_softmax_rerank(sim, dim=1) if dsl else sim
+        results = {"t2v": t2v_metrics(sim_t2v, query_to_video), "v2t": v2t_metrics(sim_v2t, query_to_video)}
+    logger.info("evaluation of %d texts x %d videos, seconds per stage: %s", sim.shape[0], sim.shape[1],
+                ", ".join(f"{name} {t:.2f}" for name, t in timings.items()))
     failed_ids = [eval_data.video_ids[i] for i in failed.nonzero().flatten().tolist()]
     if failed_ids:
         results["failed_videos"] = failed_ids
