@@ -45,13 +45,14 @@ def check_annotation_files(cfg: DataConfig, splits=("train", "test")) -> dict[st
     reader = get_reader(cfg)
     for split in splits:  # all files present before any is parsed
         reader.check_files(split)
-    parsed = {}
+    by_file_split: dict[str, Annotations] = {}  # "val" may read the test files: parse them once
     for split in splits:
-        ann = reader.read(split)
-        parsed[split] = ann
-        logger.info("%s %s annotations: %d captions, %d videos", cfg.datatype, reader.resolve_split(split),
-                    len(ann.captions), len(ann.video_ids))
-    return parsed
+        resolved = reader.resolve_split(split)
+        if resolved not in by_file_split:
+            ann = by_file_split[resolved] = reader.read(resolved)
+            logger.info("%s %s annotations: %d captions, %d videos", cfg.datatype, resolved, len(ann.captions),
+                        len(ann.video_ids))
+    return {split: by_file_split[reader.resolve_split(split)] for split in splits}
 
 
 def index_video_files(root: str, extensions: tuple[str, ...]) -> dict[str, str]:
