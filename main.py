@@ -121,7 +121,7 @@ def run(args, argv, runtime) -> dict:
         raise ValueError(f"--batch_size {run_cfg.optim.batch_size} over {runtime.world_size} processes leaves one pair "
                          f"per process; the softmax loss needs at least 2 per process")
 
-    model = build_model(run_cfg.model, pretrained=init_ckpt is None, cache_dir=args.clip_cache_dir)
+    model = build_model(run_cfg.model, load_weights=init_ckpt is None, cache_dir=args.clip_cache_dir)
     run_cfg.model = model.config  # now carries the encoder's architecture
     run_cfg.data.input_resolution = model.clip.input_resolution
     for name in ("image_mean", "image_std", "interpolation", "resize_mode"):  # the backbone's own preprocessing

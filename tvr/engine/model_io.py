@@ -19,15 +19,17 @@ from ..utils.checkpoint import CheckpointError, extract_state_dict, load_checkpo
 
 
 
-def build_model(cfg: ModelConfig, *, pretrained: bool = True, cache_dir: Optional[str] = None) -> VideoColBERT:
-    """The model described by ``cfg``. ``pretrained=False`` builds the encoder's architecture only
+def build_model(cfg: ModelConfig, *, load_weights: bool = True, cache_dir: Optional[str] = None) -> VideoColBERT:
+    """The model described by ``cfg``. ``load_weights=False`` builds the encoder's architecture only
     (random weights, no download): for a checkpoint that is about to overwrite every weight."""
-    if not pretrained and cfg.encoder_config is not None:
+    if cfg.base_encoder.startswith("open_clip:"):
+        # Random weights when a checkpoint follows, but the tokenizer and preprocessing of --pretrained.
+        clip = load_clip(cfg.base_encoder, cache_dir=cache_dir, pretrained=cfg.pretrained, tokenizer=cfg.tokenizer,
+                         load_weights=load_weights)
+    elif not load_weights and cfg.encoder_config is not None:
         clip = CLIP.from_config(CLIPConfig(**cfg.encoder_config))
-    elif not pretrained and cfg.base_encoder in SCRATCH_CONFIGS:  # an OpenAI name: its shape, no download
+    elif not load_weights and cfg.base_encoder in SCRATCH_CONFIGS:  # an OpenAI name: its shape, no download
         clip = CLIP.from_config(SCRATCH_CONFIGS[cfg.base_encoder])
-    elif cfg.base_encoder.startswith("open_clip:"):
-        clip = load_clip(cfg.base_encoder, cache_dir=cache_dir, pretrained=cfg.pretrained if pretrained else None)
     else:
         clip = load_clip(cfg.base_encoder, cache_dir=cache_dir)
     arch = getattr(clip, "config", None)
@@ -66,6 +68,6 @@ def load_trained_model(path: str, device: str | torch.device = "cpu") -> Tuple[V
     if run_cfg is None:
         raise CheckpointError(f"{path} holds weights but no model configuration (a bare state dict); "
                               f"evaluate it with main.py and the model flags it was trained with")
-    model = build_model(run_cfg.model, pretrained=False)
+    model = build_model(run_cfg.model, load_weights=False)
     load_model_weights(model, extract_state_dict(ckpt), strict=True)
     return model.to(device).eval(), run_cfg
