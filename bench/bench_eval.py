@@ -87,7 +87,7 @@ def premade_tokens(nq, nv, lq, frames, expansion, dim, seed=0):
 def lookup_model(text: TokenSet, videos, sim_chunk_size, device, score_memory: list):
     """scratch:tiny VideoColBERT whose encoders look up pre-made tokens; scoring is the real method,
     wrapped to measure its working memory."""
-    model = build_model(ModelConfig(base_encoder="scratch:tiny", sim_chunk_size=sim_chunk_size), pretrained=False)
+    model = build_model(ModelConfig(base_encoder="scratch:tiny", sim_chunk_size=sim_chunk_size), load_weights=False)
     model = model.to(device)
     text = TokenSet(text.tokens.to(device), text.mask.to(device))
     videos = {k: TokenSet(v.tokens.to(device), v.mask.to(device)) for k, v in videos.items()}
