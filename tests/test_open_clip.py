@@ -125,6 +125,7 @@ def test_siglip_encoders_equal_open_clip(siglip_file, siglip):
     pooled = tokens[torch.arange(4), enc.text_pool_index(ids)]
     torch.testing.assert_close(pooled, enc.encode_text(ids), rtol=0, atol=1e-5)
     assert enc.text_pool_index(ids).tolist() == [15] * 4  # SigLIP pools the last position
+    assert not enc.text_start_token and CLIP.text_start_token
     assert (enc.input_resolution, enc.embed_dim, enc.text_width) == (160, 64, 64)
     assert float(enc.logit_scale) == float(ref.logit_scale) and not enc.model.logit_bias.requires_grad
 

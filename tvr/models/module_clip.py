@@ -266,6 +266,9 @@ class CLIP(nn.Module):
     interpolation = "bicubic"
     resize_mode = "shortest"
 
+    # Every tokenized text starts with <|startoftext|> (SigLIP's texts start with their first word).
+    text_start_token = True
+
     # Text-tower views shared with open_clip encoders (the temporal encoder copies from them).
     @property
     def text_transformer(self) -> "Transformer":

@@ -208,6 +208,11 @@ class OpenCLIPEncoder(nn.Module):
 
     # ---- tokenizer --------------------------------------------------------------------------
     @property
+    def text_start_token(self) -> bool:
+        """Whether position 0 is a start token (CLIP BPE) rather than the first word (SigLIP)."""
+        return self._tokenizer_spec.kind == "bpe"
+
+    @property
     def tokenizer(self):
         """The backbone's tokenizer (``tokenize(texts, max_words) -> (ids, mask)``), built on first use."""
         if self._tokenizer is None:
