@@ -8,7 +8,7 @@
   tokenising every caption (timed on 5,000 of them and scaled up);
 - video probe: probe_videos over `--videos` synthetic clips (6 s, 64x64, 8 fps; 12 frames at
   1 fps) with 1 and `--workers` threads, then the rerun that the cache answers.
-Captions are drawn (Zipf) from 20,000 ASCII whole-word entries of CLIP's vocabulary, 6 to 16
+Captions are drawn (Zipf) from 20,000 ASCII whole-word entries of CLIP's vocabulary, 6 to 36
 words each, so the number of distinct words is close to a real (English, ASCII) caption corpus;
 captions with other characters are tokenised whole, at the "every caption" rate. Figures depend on the
 machine's load: run it on an idle machine for numbers worth quoting.
@@ -38,7 +38,7 @@ def make_captions(n: int, seed: int = 0) -> list[str]:
     tok = default_tokenizer()
     words = [w[:-4] for w in tok.encoder if w.endswith("</w>") and w[:-4].isascii() and w[:-4].isalpha()][-20000:]
     rng = np.random.default_rng(seed)
-    lengths = rng.integers(6, 17, size=n)
+    lengths = rng.integers(6, 37, size=n)
     ranks = np.minimum(rng.zipf(1.2, size=int(lengths.sum())), len(words)) - 1
     out, k = [], 0
     for length in lengths:
