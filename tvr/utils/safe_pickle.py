@@ -2,9 +2,10 @@
 
 A pickle is a small program: it may look up any importable callable (``GLOBAL`` / ``STACK_GLOBAL`` /
 ``INST`` / ``EXT*``, all through ``find_class``) and call it (``REDUCE`` / ``OBJ`` / ``NEWOBJ`` /
-``BUILD``), so ``pickle.load`` on a crafted file runs whatever the file asks for. Dicts, lists, tuples, strings, numbers, booleans and None are built by opcodes of their
-own, without looking anything up, so a reader that refuses every lookup still reads
-plain-container files (such as MSVD's ``raw-captions.pkl``) and nothing else.
+``BUILD``), so ``pickle.load`` on a crafted file runs whatever the file asks for. Dicts, lists,
+tuples, strings, numbers, booleans and None are built by opcodes of their own, without looking
+anything up, so a reader that refuses every lookup still reads plain-container files (such as
+MSVD's ``raw-captions.pkl``) and nothing else.
 """
 from __future__ import annotations
 
