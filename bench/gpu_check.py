@@ -1,0 +1,190 @@
+"""The Python parts of bench/gpu_check.sh (run that script; these are its steps).
+
+    python bench/gpu_check.py require-cuda
+    python bench/gpu_check.py autocast --checkpoint RUN/best.pth --json OUT.json [--device cuda]
+    python bench/gpu_check.py train-log --log RUN/log.txt --json OUT.json [--label ...]
+    python bench/gpu_check.py collect --parts DIR --json RESULT.json
+
+`autocast` evaluates one trained checkpoint three times with the real `evaluate()` (fp32, then
+CUDA autocast fp16 and bf16 for the encoders; scoring always runs in fp32) and compares each
+score matrix with the fp32 one: the largest and the 99th-percentile absolute difference divided
+by the fp32 scores' standard deviation (the spread that ranking sees), the share of queries whose
+top-1 video is unchanged, the mean per-query Spearman correlation over all videos, and R@1.
+`--device cpu` runs the same code without autocast (every precision equals fp32 there): a dry run
+for machines without a GPU.
+
+`train-log` reads main.py's step lines from a log.txt: samples/s over the second half of the
+logged steps (the first steps carry start-up and autotuning), and the peak memory the log reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+STEP_LINE = re.compile(r"epoch (\d+) step (\d+)/(\d+) loss .*\| ([\d.]+) samples/s, peak mem (\d+) MB")
+
+
+def require_cuda(_args) -> int:
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device is visible to torch (torch.cuda.is_available() is False; "
+              f"torch {torch.__version__}, CUDA build {torch.version.cuda}). Run this on a GPU machine.", file=sys.stderr)
+        return 2
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "devices": names}))
+    return 0
+
+
+def _rank_agreement(sim: torch.Tensor, ref: torch.Tensor) -> dict:
+    """How much of the fp32 ranking survives: top-1 agreement and mean per-row Spearman."""
+    top1 = (sim.argmax(dim=1) == ref.argmax(dim=1)).double().mean().item()
+
+    def ranks(x):  # per-row ranks 0..Nv-1 (ties broken by position; continuous scores rarely tie)
+        return x.argsort(dim=1).argsort(dim=1).double()
+
+    a, b = ranks(sim), ranks(ref)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    spearman = ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-12)).mean().item()
+    return {"top1_agreement": top1, "mean_spearman": spearman}
+
+
+def compare_scores(sim: torch.Tensor, ref: torch.Tensor) -> dict:
+    """sim vs the fp32 reference, in units of the reference's spread (finite entries only)."""
+    finite = torch.isfinite(ref) & torch.isfinite(sim)
+    diff = (sim.double() - ref.double()).abs()[finite]
+    spread = ref.double()[finite].std().item()
+    return {
+        "score_std_fp32": spread,
+        "max_abs_diff": diff.max().item(),
+        "max_abs_diff_over_std": diff.max().item() / spread,
+        "p99_abs_diff_over_std": torch.quantile(diff, 0.99).item() / spread if diff.numel() <= 16_000_000 else float("nan"),
+        "nonfinite_mismatch": int((torch.isfinite(ref) != torch.isfinite(sim)).sum()),
+        **_rank_agreement(sim, ref),
+    }
+
+
+def autocast(args) -> int:
+    from tvr.dataloaders import build_eval_dataset
+    from tvr.engine.evaluate import evaluate
+    from tvr.engine.model_io import load_trained_model
+    from tvr.utils.launch import Runtime
+
+    device = torch.device(args.device)
+    model, run_cfg = load_trained_model(args.checkpoint, device)
+    if args.anno_path:
+        run_cfg.data.anno_path, run_cfg.data.video_path = args.anno_path, args.video_path
+    eval_data = build_eval_dataset(run_cfg.data, "test", tokenizer=model.clip.tokenizer)
+    runtime = Runtime(rank=0, world_size=1, local_rank=0, device=device)
+    out = {"checkpoint": os.path.abspath(args.checkpoint), "device": str(device),
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "queries": len(eval_data.texts), "videos": len(eval_data.videos), "precisions": {}}
+    sims = {}
+    for precision in ("fp32", "fp16", "bf16"):
+        start = time.perf_counter()
+        results, sim = evaluate(model, eval_data, runtime, args.batch_size_val, args.workers, precision)
+        sims[precision] = sim.float().cpu()
+        out["precisions"][precision] = {"t2v_R1": results["t2v"]["R1"], "v2t_R1": results["v2t"]["R1"],
+                                        "eval_seconds": time.perf_counter() - start}
+    for precision in ("fp16", "bf16"):
+        out["precisions"][precision].update(compare_scores(sims[precision], sims["fp32"]))
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    return 0
+
+
+def parse_train_log(path: str) -> dict:
+    steps = []
+    with open(path) as f:
+        for line in f:
+            m = STEP_LINE.search(line)
+            if m:
+                steps.append({"epoch": int(m.group(1)), "step": int(m.group(2)), "total": int(m.group(3)),
+                              "samples_per_s": float(m.group(4)), "peak_mem_mb": float(m.group(5))})
+    if not steps:
+        raise ValueError(f"{path}: no training step lines ('... samples/s, peak mem ... MB') found")
+    # The logged rate is cumulative from the epoch's first step: r_k = k B / t_k. Recover t_k (in units
+    # of B) and take the rate between the middle step and the last one of the last epoch.
+    last_epoch = [s for s in steps if s["epoch"] == steps[-1]["epoch"]]
+    first_step = last_epoch[0]["step"] - 1  # steps before this epoch (resume / earlier epochs)
+    k = [s["step"] - first_step for s in last_epoch]
+    t = [ki / s["samples_per_s"] for ki, s in zip(k, last_epoch)]  # seconds per global batch x k
+    mid = len(k) // 2
+    steady = (k[-1] - k[mid]) / (t[-1] - t[mid]) if len(k) > 1 and t[-1] > t[mid] else last_epoch[-1]["samples_per_s"]
+    return {"steps_logged": len(steps), "samples_per_s_cumulative": last_epoch[-1]["samples_per_s"],
+            "samples_per_s_second_half": steady, "peak_mem_mb": max(s["peak_mem_mb"] for s in steps)}
+
+
+def train_log(args) -> int:
+    out = {"label": args.label, "log": os.path.abspath(args.log), **parse_train_log(args.log)}
+    eval_json = os.path.join(os.path.dirname(args.log), "eval_results.json")
+    if os.path.exists(eval_json):
+        with open(eval_json) as f:
+            results = json.load(f)
+        out["test_t2v"] = results.get("t2v")
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    return 0
+
+
+def collect(args) -> int:
+    """One JSON from the per-step files in --parts (file stem = key); missing or failed steps say so."""
+    result = {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__}
+    for name in sorted(os.listdir(args.parts)):
+        path = os.path.join(args.parts, name)
+        if name.endswith(".json"):
+            with open(path) as f:
+                try:
+                    result[name[:-5]] = json.load(f)
+                except json.JSONDecodeError as e:
+                    result[name[:-5]] = {"error": f"unreadable JSON: {e}"}
+        elif name.endswith(".txt"):
+            with open(path) as f:
+                result[name[:-4]] = f.read()[-4000:]
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"gpu_check: wrote {args.json}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("require-cuda")
+    a = sub.add_parser("autocast")
+    a.add_argument("--checkpoint", required=True)
+    a.add_argument("--anno_path", default=None, help="override the checkpoint's data folders")
+    a.add_argument("--video_path", default=None)
+    a.add_argument("--device", default="cuda")
+    a.add_argument("--batch_size_val", type=int, default=64)
+    a.add_argument("--workers", type=int, default=4)
+    a.add_argument("--json", default=None)
+    t = sub.add_parser("train-log")
+    t.add_argument("--log", required=True)
+    t.add_argument("--label", default="")
+    t.add_argument("--json", default=None)
+    c = sub.add_parser("collect")
+    c.add_argument("--parts", required=True)
+    c.add_argument("--json", required=True)
+    args = p.parse_args(argv)
+    if args.cmd == "autocast" and (args.anno_path is None) != (args.video_path is None):
+        p.error("--anno_path and --video_path go together")
+    return {"require-cuda": require_cuda, "autocast": autocast, "train-log": train_log, "collect": collect}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
