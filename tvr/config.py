@@ -22,7 +22,7 @@ CHECKPOINT_FORMAT = 2
 # other field is compared, so a setting added later is protected by default.
 RESUME_MAY_DIFFER = frozenset({
     "data.anno_path", "data.video_path", "data.decode_threads", "data.allow_decode_errors",
-    "data.drop_missing_videos", "model.sim_chunk_size", "model.pretrained",
+    "data.drop_missing_videos", "model.sim_chunk_size", "model.pretrained", "model.tokenizer",
 })
 
 
@@ -123,7 +123,7 @@ def _plain(obj) -> Dict[str, Any]:
 MODEL_DATA_FIELDS = ("max_words", "max_frames", "video_framerate", "slice_framepos", "input_resolution",
                      "image_mean", "image_std", "interpolation", "resize_mode")
 # Model settings that only affect how scores are computed, not which model is scored.
-MODEL_FREE_FIELDS = frozenset({"sim_chunk_size", "pretrained"})
+MODEL_FREE_FIELDS = frozenset({"sim_chunk_size", "pretrained", "tokenizer"})
 # Model settings whose flag has another name.
 _FLAG_OF = {"init_log_temperature": "init_temperature"}
 

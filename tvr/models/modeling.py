@@ -88,6 +88,9 @@ class VideoColBERT(nn.Module):
             self.temporal = TemporalEncoder.from_backbone(
                 clip, config.temporal_layers, config.max_frames, config.visual_expansion
             )
+        if not config.query_sot and not getattr(clip, "text_start_token", True):
+            raise ValueError("query_sot=False drops a start token, but this backbone's tokenizer has none "
+                             "(its first position is the first word)")
         self.loss = RetrievalLoss(
             loss=config.loss,
             dual=config.dual_loss,
