@@ -3,7 +3,6 @@ degenerate inputs (empty captions, repeated ids and rows, over-long captions) ar
 import copyreg
 import json
 import logging
-import os
 import pickle
 import random
 
@@ -132,7 +131,8 @@ MALFORMED = [
      ["sentences[0].caption: expected a string, got int 7"]),
     ("msrvtt", "MSRVTT_train.9k.csv", "vid\nvideo0\n", "train",
      ["line 1: header vid lacks column(s) video_id"]),
-    ("msrvtt", "MSRVTT_train.9k.csv", "video_id\nvideo0\n \n", "train", ["line 3 video_id: expected a non-empty string"]),
+    ("msrvtt", "MSRVTT_train.9k.csv", "video_id\nvideo0\n \n", "train",
+     ["line 3 video_id: expected a non-empty string"]),
     ("msrvtt", "MSRVTT_JSFUSION_test.csv", "key,vid_key,video,sentence\nret0,msr2,video2,a cat\n", "test",
      ["line 1: header key,vid_key,video,sentence lacks column(s) video_id",
       "expected the header key,vid_key,video_id,sentence"]),
