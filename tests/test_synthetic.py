@@ -11,9 +11,14 @@ import pytest
 from tvr.dataloaders import DataConfig, build_eval_dataset
 from tvr.dataloaders.base import RetrievalSplit
 from tvr.dataloaders.synthetic import (COLOURS, DIRECTIONS, OPPOSITE, SHAPES, captions_for, generate,
-                                       load_temporal_queries, main, render_frames, temporal_metrics)
+                                       load_temporal_queries, main, make_specs, render_frames, temporal_metrics)
+from tvr.dataloaders.video_reader import read_frames
 
 NUM_TRAIN, NUM_TEST = 14, 10
+# Known answers for seed 0 (test_rendered_frames_are_pinned), computed once with NumPy 2.4 / OpenCV 5.0.
+EXPECTED_FIRST_CAPTION = "a yellow square moves up then a red circle moves left"
+EXPECTED_FIRST_TWIN_KIND = EXPECTED_SECOND_TWIN_KIND = "order"
+EXPECTED_RENDER_SHA256 = "21d22a79e4a2ba0b1e673b8b436624dbef8833366d2a0de678335e2088948fab"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,7 @@ def test_layout_is_msrvtt(dataset):
     assert sorted(os.listdir(anns)) == ["MSRVTT_JSFUSION_test.csv", "MSRVTT_data.json", "MSRVTT_train.7k.csv",
                                         "MSRVTT_train.9k.csv", "temporal_queries.json"]
     videos = sorted(os.listdir(os.path.join(out, "videos")))
-    assert len(videos) == NUM_TRAIN + NUM_TEST and all(v.endswith(".mp4") for v in videos)
+    assert len(videos) == NUM_TRAIN + NUM_TEST and all(v.endswith(".avi") for v in videos)
     train = [r["video_id"] for r in read_csv(os.path.join(anns, "MSRVTT_train.9k.csv"))]
     train7 = [r["video_id"] for r in read_csv(os.path.join(anns, "MSRVTT_train.7k.csv"))]
     test = read_csv(os.path.join(anns, "MSRVTT_JSFUSION_test.csv"))
@@ -69,7 +74,7 @@ def test_videos_decode_with_the_loader(dataset):
     import decord
 
     out, _ = dataset
-    vr = decord.VideoReader(os.path.join(out, "videos", "video0.mp4"))
+    vr = decord.VideoReader(os.path.join(out, "videos", "video0.avi"))
     assert len(vr) == 48 and vr.get_avg_fps() == pytest.approx(8.0) and vr[0].shape == (64, 64, 3)
     cfg = DataConfig(anno_path=os.path.join(out, "anns"), video_path=os.path.join(out, "videos"),
                      input_resolution=64, max_frames=12, video_framerate=2.0)
@@ -159,3 +164,32 @@ def test_temporal_metrics_on_twin_pairs(dataset):
     swapped[a, b] = swapped[b, a] = 2.0
     m = temporal_metrics(swapped, ev.query_to_video, ev.video_ids, temporal)
     assert m["twin_accuracy"] == 50.0 and m["temporal_R1"] == 50.0
+
+
+@pytest.mark.parametrize("sequential", [False, True], ids=["decord-seek", "opencv-sequential"])
+def test_videos_decode_to_exactly_the_rendered_frames(dataset, sequential):
+    """The stored videos are lossless: the loader's decoders give back the renderer's pixels exactly
+    (tolerance 0 grey levels), so another encoder build cannot silently change the data."""
+    out, summary = dataset
+    data = json.load(open(os.path.join(out, "anns", "MSRVTT_data.json")))
+    per_event = summary["frames_per_video"] // 2
+    for v in data["videos"][:6]:
+        want = render_frames(v["synthetic"], summary["frame_size"], per_event)[..., ::-1]  # BGR -> RGB
+        every = read_frames(os.path.join(out, "videos", v["video_id"] + ".avi"),
+                            lambda n, fps: np.arange(0, n, 3 if sequential else 5), sequential=sequential)
+        assert every.sequential == sequential and every.num_frames == len(want)
+        np.testing.assert_array_equal(every.frames, want[every.indices])
+
+
+def test_rendered_frames_are_pinned():
+    """Known answer: the specs drawn for seed 0 and their rendered pixels. A change of NumPy's
+    generator or of OpenCV's anti-aliased drawing changes the dataset; this makes it loud."""
+    import hashlib
+
+    specs, twins = make_specs(8, np.random.default_rng(0), 64, 0.5, unique=False)
+    digest = hashlib.sha256()
+    for spec in specs:
+        digest.update(render_frames(spec, 64, 24).tobytes())
+    assert captions_for(specs[0])[0] == EXPECTED_FIRST_CAPTION
+    assert twins == [(0, 1, EXPECTED_FIRST_TWIN_KIND), (2, 3, EXPECTED_SECOND_TWIN_KIND)]
+    assert digest.hexdigest() == EXPECTED_RENDER_SHA256

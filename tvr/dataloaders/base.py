@@ -173,6 +173,11 @@ class RetrievalSplit:
         logger.info("%s %s: %d captions, %d videos", cfg.datatype, self.split, len(self.captions),
                     len(self.video_ids))
         self._log_truncated_captions()
+        self.frame_cache = None
+        if cfg.cache_frames:  # decode every video once now instead of every epoch (frame_cache.py)
+            from .frame_cache import build_frame_cache
+
+            self.frame_cache = build_frame_cache(self, jitter=cfg.frame_jitter and self.split == "train")
 
     # ----------------------------------------------------------------- start-up checks
     def _resolve(self, ann: Annotations):
@@ -235,6 +240,14 @@ class RetrievalSplit:
             ids, mask = tokenize([caption], self.cfg.max_words, tokenizer=self.tokenizer)
         return ids[0].long(), mask[0].long()
 
+    def decode_frames(self, video_index: int, index_fn) -> torch.Tensor:
+        """Decode the frames index_fn picks, resized and cropped: uint8 T x 3 x R x R."""
+        cfg = self.cfg
+        decode_size = self.transform.resize_size if cfg.decode_resize else None
+        decoded = read_frames(self.video_paths[video_index], index_fn, num_threads=cfg.decode_threads,
+                              decode_size=decode_size)
+        return self.transform.resize_crop(frames_to_tensor(decoded.frames))
+
     def load_video(self, video_index: int, jitter: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode, sample and transform one video.
 
@@ -248,8 +261,11 @@ class RetrievalSplit:
         u = torch.rand(cfg.max_frames, dtype=torch.float64).numpy() if jitter else None
         index_fn = partial(_indices, video_framerate=cfg.video_framerate, max_frames=cfg.max_frames,
                            slice_framepos=cfg.slice_framepos, jitter=u)
-        decoded = read_frames(path, index_fn, num_threads=cfg.decode_threads)
-        frames = self.transform(frames_to_tensor(decoded.frames))  # T x 3 x R x R
+        if self.frame_cache is not None:
+            frames = self.frame_cache.get(video_index, index_fn, path)
+        else:
+            frames = self.decode_frames(video_index, index_fn)
+        frames = self.transform.normalize(frames)  # uint8 -> float32 T x 3 x R x R
         t = frames.shape[0]
         mask = torch.zeros(cfg.max_frames, dtype=torch.long)
         mask[:t] = 1

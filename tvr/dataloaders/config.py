@@ -49,6 +49,13 @@ class DataConfig:
     # decord decoding threads per reader (0 = decord's automatic choice). With several
     # DataLoader workers 1 is usually fastest overall.
     decode_threads: int = 1
+    # Decode MP4/MOV videos directly at the transform's resize size (decord scales while converting
+    # to RGB) when that at least halves the pixels: faster on large videos; pixels within the
+    # README's stated tolerance of resizing full frames. False: always decode full-size frames.
+    decode_resize: bool = True
+    # Decode every video of a split once per run and keep its resized uint8 frames in shared memory
+    # (tvr/dataloaders/frame_cache.py) instead of decoding them again every epoch. For small datasets.
+    cache_frames: bool = False
     # How many other samples a training item may try when its video fails to decode.
     max_replace_tries: int = 10
     # File extensions considered when indexing video_path (lower case, with the dot).

@@ -3,7 +3,7 @@
     python -m tvr.dataloaders.synthetic --output_dir DIR [--num_train N] [--num_test M] [--seed S]
 
 writes
-    DIR/videos/video<i>.mp4                    (OpenCV, mp4v; 64x64, 8 fps, 6 s = 48 frames)
+    DIR/videos/video<i>.avi                    (64x64, 8 fps, 6 s = 48 frames; lossless, see below)
     DIR/anns/MSRVTT_data.json                  all captions (3 per video)
     DIR/anns/MSRVTT_train.9k.csv               all training videos
     DIR/anns/MSRVTT_train.7k.csv               the first 72% of them (MSR-VTT's 6513/9000)
@@ -34,6 +34,11 @@ to time, which is where a frame-only model sits).
 With --video_framerate 2 --max_frames 12 the loader keeps 12 frames (every 4th), 6 per event;
 with --video_framerate 1, 6 frames. Output is deterministic for a given seed and arguments
 (identical bytes), whatever the number of worker processes.
+
+Videos are stored losslessly (PNG-coded frames in AVI, written by OpenCV's FFmpeg): decoding
+gives back exactly the rendered pixels (`render_frames`, callable without writing anything), so the
+data do not depend on an encoder's version, CPU-specific code or rate control, as a lossy codec's
+output does (tests/test_synthetic.py checks decoded == rendered).
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-COLOURS = {  # RGB, saturated and far apart so 64 px frames stay unambiguous after mp4v
+COLOURS = {  # RGB, saturated and far apart so 64 px frames stay unambiguous
     "red": (230, 30, 30),
     "green": (30, 200, 30),
     "blue": (40, 70, 245),
@@ -174,14 +179,20 @@ def render_frames(spec: dict, frame_size: int, frames_per_event: int) -> np.ndar
     return out
 
 
-def write_video(path: str, frames_bgr: np.ndarray, fps: float) -> None:
+# The synthetic videos' codec and container: PNG frames are lossless (exact RGB) and decode fast;
+# AVI because its files come out byte-identical run after run (Matroska writes a random segment id).
+LOSSLESS_CODEC, VIDEO_EXT = "png ", ".avi"
+
+
+def write_video(path: str, frames_bgr: np.ndarray, fps: float, codec: str = "mp4v") -> None:
+    """Write BGR frames with OpenCV; codec is a FourCC ("mp4v": lossy MPEG-4, "png ": lossless)."""
     import cv2
 
     h, w = frames_bgr.shape[1:3]
-    tmp = path + ".part.mp4"
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    tmp = path + ".part" + os.path.splitext(path)[1]
+    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*codec), fps, (w, h))
     if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write mp4v video {tmp}")
+        raise RuntimeError(f"OpenCV cannot write {codec.strip()} video {tmp} (its FFmpeg lacks the encoder?)")
     try:
         for frame in frames_bgr:
             writer.write(frame)
@@ -192,7 +203,7 @@ def write_video(path: str, frames_bgr: np.ndarray, fps: float) -> None:
 
 def _render_job(job: tuple[str, dict, int, int, float]) -> str:
     path, spec, frame_size, frames_per_event, fps = job
-    write_video(path, render_frames(spec, frame_size, frames_per_event), fps)
+    write_video(path, render_frames(spec, frame_size, frames_per_event), fps, codec=LOSSLESS_CODEC)
     return path
 
 
@@ -215,7 +226,7 @@ def generate(output_dir: str, num_train: int = 1000, num_test: int = 200, seed: 
     anno_dir = os.path.join(output_dir, "anns")
     os.makedirs(video_dir, exist_ok=True)
     os.makedirs(anno_dir, exist_ok=True)
-    jobs = [(os.path.join(video_dir, f"{vid}.mp4"), spec, frame_size, frames_per_event, fps)
+    jobs = [(os.path.join(video_dir, vid + VIDEO_EXT), spec, frame_size, frames_per_event, fps)
             for vid, spec in zip(video_ids, specs)]
     workers = workers or os.cpu_count() or 1
     if workers > 1:

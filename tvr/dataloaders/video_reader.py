@@ -2,14 +2,25 @@
 
 `sample_frame_indices` is a pure function of the video's frame count and frame rate, so the
 chosen frames can be checked independently of any decoder. `read_frames` decodes exactly those
-frames: decord's `get_batch` first (it seeks, so only the needed GOPs are decoded), OpenCV as a
-fallback for files decord cannot open or seek. When both fail it raises `VideoDecodeError`
-naming the file: a loader must never hand out silent all-zero frames.
+frames. decord opens the file (frame count, frame rate, key frames); then the frames are decoded
+either by decord's `get_batch` (it seeks, so only the needed GOPs are decoded) or, when that would
+decode about as many frames anyway, sequentially by OpenCV in the calling thread, which skips
+decord's per-frame hand-over between threads (up to 6x less CPU on small videos; same pixels on
+every file we checked, see tests). OpenCV is also the fallback for files decord cannot open or
+seek. When every backend fails it raises `VideoDecodeError` naming the file: a loader must never
+hand out silent all-zero frames.
+
+Decode-time resizing (`decode_size`): for MP4/MOV files whose frame size the header gives, decord
+can scale while it converts to RGB (FFmpeg's swscale, bilinear), which skips the full-size RGB
+frames and most of the resize. Pixels then differ slightly from resizing full frames (bounds in
+tests/test_video_reader.py and the README).
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
+import struct
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -92,25 +103,150 @@ class DecodedFrames:
     indices: np.ndarray  # T native frame indices
     num_frames: int  # frames in the file (as the backend counted them)
     fps: float  # native frame rate reported by the backend
-    backend: str  # "decord" or "opencv"
+    backend: str  # library that decoded the pixels: "decord" or "opencv"
+    sequential: bool = False  # decoded front to back (OpenCV) instead of by seeking (decord)
+    resized: bool = False  # scaled while decoding (decode_size); else full-size frames
 
 
 IndexFn = Callable[[int, float], np.ndarray]
+SizeFn = Callable[[int, int], tuple[int, int]]  # (height, width) -> (height, width) to decode at
+
+# Sequential decoding is chosen while it decodes at most this factor more frames than decord's
+# seeking would, counting each seek as SEEK_COST_FRAMES frames (decord restarts its decoder thread on
+# every seek). Calibrated on the test clips, 64x64 to 1280x720: see bench/bench_loader.py.
+SEQUENTIAL_SLACK = 1.25
+SEEK_COST_FRAMES = 8
+# Decode-time resizing only when it at least halves the pixels: for milder reductions swscale's
+# scaled path costs about what it saves (measured on 640x272 -> 527x224).
+DECODE_RESIZE_MAX_AREA = 0.5
 
 
-def _read_decord(path: str, index_fn: IndexFn, num_threads: int) -> DecodedFrames:
+# ----------------------------------------------------------------------------- cost model
+def seek_work(indices: np.ndarray, key_indices: Sequence[int]) -> tuple[int, int]:
+    """(frames decoded, seeks) when decord's get_batch fetches `indices` (ascending).
+
+    decord keeps decoding forward inside the current GOP and seeks to the key frame before an index
+    in another GOP (or behind the current position), decoding from there.
+    """
+    keys = np.asarray(sorted(key_indices) or [0], dtype=np.int64)
+    frames = seeks = 0
+    current = 0  # next frame the decoder would return
+    for idx in np.asarray(indices, dtype=np.int64).tolist():
+        key = int(keys[max(0, np.searchsorted(keys, idx, side="right") - 1)])
+        current_key = int(keys[max(0, np.searchsorted(keys, current, side="right") - 1)])
+        if key != current_key or idx < current:
+            seeks += 1
+            frames += idx - key + 1
+        else:
+            frames += idx - current + 1
+        current = idx + 1
+    return frames, seeks
+
+
+def prefer_sequential(indices: np.ndarray, key_indices: Sequence[int]) -> bool:
+    """Whether decoding frames 0..max(indices) in order is cheaper than seeking to each."""
+    if len(indices) == 0:
+        return False
+    frames, seeks = seek_work(indices, key_indices)
+    return int(np.max(indices)) + 1 <= SEQUENTIAL_SLACK * (frames + SEEK_COST_FRAMES * seeks)
+
+
+# ----------------------------------------------------------------------------- MP4 header probe
+_CONTAINER_BOXES = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}
+_IDENTITY = (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+
+
+def _boxes(f, end: int):
+    """Yield (type, payload start, payload end) of the ISO-BMFF boxes from f's position up to end."""
+    while f.tell() + 8 <= end:
+        start = f.tell()
+        size, kind = struct.unpack(">I4s", f.read(8))
+        header = 8
+        if size == 1:
+            size = struct.unpack(">Q", f.read(8))[0]
+            header = 16
+        elif size == 0:
+            size = end - start
+        if size < header or start + size > end:
+            return
+        yield kind, start + header, start + size
+        f.seek(start + size)
+
+
+def probe_frame_size(path: str) -> tuple[int, int] | None:
+    """(height, width) of the only video track of an MP4/MOV file, read from its header; else None.
+
+    Reads a few hundred bytes (the sample description of the track), never decodes. None for other
+    containers, several video tracks, a rotation matrix or anything unexpected: callers then decode
+    at full size, so a wrong guess can never distort frames.
+    """
+    try:
+        with open(path, "rb") as f:
+            sizes = []
+
+            def walk(end: int, track: dict) -> None:
+                for kind, lo, hi in _boxes(f, end):
+                    if kind in _CONTAINER_BOXES:
+                        sub = {} if kind == b"trak" else track
+                        walk(hi, sub)
+                        if kind == b"trak" and sub.get("video"):
+                            sizes.append(sub.get("size") if sub.get("upright") else None)
+                        f.seek(hi)
+                    elif kind == b"tkhd":
+                        version = f.read(1)[0]
+                        f.seek(lo + (52 if version == 1 else 40))
+                        track["upright"] = struct.unpack(">9i", f.read(36)) == _IDENTITY
+                    elif kind == b"hdlr":
+                        f.seek(lo + 8)
+                        track["video"] = f.read(4) == b"vide"
+                    elif kind == b"stsd":
+                        f.seek(lo + 8)  # version/flags, entry count; then the first sample entry
+                        f.seek(lo + 8 + 8 + 24)  # its box header, then 24 bytes before width/height
+                        width, height = struct.unpack(">HH", f.read(4))
+                        track["size"] = (height, width) if width and height else None
+
+            walk(os.fstat(f.fileno()).st_size, {})
+    except (OSError, struct.error, IndexError):
+        return None
+    if len(sizes) != 1 or sizes[0] is None:
+        return None
+    return sizes[0]
+
+
+def decode_size_for(path: str, decode_size: SizeFn | None) -> tuple[int, int] | None:
+    """(height, width) to decode `path` at, or None for full size (see DECODE_RESIZE_MAX_AREA)."""
+    if decode_size is None:
+        return None
+    native = probe_frame_size(path)
+    if native is None:
+        return None
+    h, w = decode_size(*native)
+    if h < 1 or w < 1 or h * w > DECODE_RESIZE_MAX_AREA * native[0] * native[1]:
+        return None
+    return h, w
+
+
+# ----------------------------------------------------------------------------- backends
+def _read_decord(path: str, index_fn: IndexFn, num_threads: int, decode_size: SizeFn | None = None,
+                 sequential: bool = True) -> DecodedFrames:
     import decord  # imported lazily: optional at import time, and keeps import side-effect free
 
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+    target = decode_size_for(path, decode_size)
+    h, w = target if target is not None else (-1, -1)
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=num_threads)
     num_frames = len(vr)
     fps = float(vr.get_avg_fps())
     indices = index_fn(num_frames, fps)
     if len(indices) == 0:
         raise RuntimeError("decord found no frames")
+    if sequential and prefer_sequential(indices, vr.get_key_indices()):
+        frames = _opencv_grab(path, indices, num_threads)
+        if frames:  # else OpenCV ran out of frames early: let decord seek instead
+            return DecodedFrames(np.stack(frames), indices, num_frames, fps, "opencv", sequential=True)
     frames = vr.get_batch(indices.tolist()).asnumpy()
     if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
         raise RuntimeError(f"decord returned frames of shape {frames.shape} for {len(indices)} indices")
-    return DecodedFrames(frames, indices, num_frames, fps, "decord")
+    return DecodedFrames(frames, indices, num_frames, fps, "decord", resized=target is not None)
 
 
 def _opencv_count_frames(path: str) -> int:
@@ -126,11 +262,20 @@ def _opencv_count_frames(path: str) -> int:
         cap.release()
 
 
-def _opencv_grab(path: str, indices: np.ndarray) -> list[np.ndarray]:
+def _opencv_capture(path: str, num_threads: int = 0):
+    """cv2.VideoCapture with FFmpeg using `num_threads` decoding threads (0: OpenCV's default)."""
+    import cv2
+
+    if num_threads > 0:
+        return cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, num_threads])
+    return cv2.VideoCapture(path)
+
+
+def _opencv_grab(path: str, indices: np.ndarray, num_threads: int = 0) -> list[np.ndarray]:
     """Decode sequentially (OpenCV's seeking is not frame-exact) and keep the wanted frames."""
     import cv2
 
-    cap = cv2.VideoCapture(path)
+    cap = _opencv_capture(path, num_threads)
     if not cap.isOpened():
         raise RuntimeError("OpenCV cannot open the file")
     try:
@@ -156,10 +301,10 @@ def _opencv_grab(path: str, indices: np.ndarray) -> list[np.ndarray]:
         cap.release()
 
 
-def _read_opencv(path: str, index_fn: IndexFn) -> DecodedFrames:
+def _read_opencv(path: str, index_fn: IndexFn, num_threads: int = 0) -> DecodedFrames:
     import cv2
 
-    cap = cv2.VideoCapture(path)
+    cap = _opencv_capture(path, num_threads)
     if not cap.isOpened():
         raise RuntimeError("OpenCV cannot open the file")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -173,7 +318,7 @@ def _read_opencv(path: str, index_fn: IndexFn) -> DecodedFrames:
         if num_frames <= 0:
             raise RuntimeError("OpenCV found no frames")
         indices = index_fn(num_frames, fps)
-        frames = _opencv_grab(path, indices)
+        frames = _opencv_grab(path, indices, num_threads)
         if frames:
             break
     else:
@@ -182,19 +327,23 @@ def _read_opencv(path: str, index_fn: IndexFn) -> DecodedFrames:
 
 
 def read_frames(path: str, index_fn: IndexFn, num_threads: int = 1,
-                backends: Sequence[str] = ("decord", "opencv")) -> DecodedFrames:
+                backends: Sequence[str] = ("decord", "opencv"), decode_size: SizeFn | None = None,
+                sequential: bool = True) -> DecodedFrames:
     """Decode the frames `index_fn(num_frames, fps)` picks, trying each backend in turn.
 
     index_fn must be deterministic (draw any jitter before calling) because the OpenCV path may
-    call it again once it has counted the frames itself.
+    call it again once it has counted the frames itself. num_threads: decoding threads (0: the
+    library's choice). decode_size: (height, width) -> size to decode at (decord, MP4/MOV only, when
+    it at least halves the pixels); the frames may then be smaller than the video. sequential:
+    allow decoding front to back with OpenCV when that is cheaper than decord's seeking.
     """
     errors = []
     for backend in backends:
         try:
             if backend == "decord":
-                result = _read_decord(path, index_fn, num_threads)
+                result = _read_decord(path, index_fn, num_threads, decode_size, sequential)
             elif backend == "opencv":
-                result = _read_opencv(path, index_fn)
+                result = _read_opencv(path, index_fn, num_threads)
             else:
                 raise ValueError(f"unknown video backend {backend!r}")
         except Exception as exc:  # any backend failure: try the next one, keep the reason
