@@ -20,6 +20,7 @@ import torch
 
 from tvr.config import RunConfig, reconcile_with_checkpoint
 from tvr.dataloaders import build_eval_dataset, build_train_dataset, check_annotation_files
+from tvr.dataloaders.base import get_reader
 from tvr.dataloaders.probe import UndecodableVideosError, check_eval_videos
 from tvr.dataloaders.synthetic import load_temporal_queries, temporal_metrics
 from tvr.engine.evaluate import evaluate, log_results, results_summary
@@ -80,7 +81,7 @@ def probe_evaluation_videos(splits, data_cfg, args, runtime) -> None:
         try:
             check_eval_videos(paths, data_cfg, workers=max(args.workers, 1),
                               cache_path=os.path.join(args.output_dir, PROBE_CACHE), progress=sys.stderr.isatty())
-        except UndecodableVideosError as e:
+        except Exception as e:  # any failure: the other ranks must not wait for rank 0 forever
             error = e
     failed = torch.tensor([error is not None], device=runtime.device)
     if runtime.world_size > 1:
@@ -88,7 +89,7 @@ def probe_evaluation_videos(splits, data_cfg, args, runtime) -> None:
     if error is not None:
         raise error
     if failed.item():
-        raise UndecodableVideosError("rank 0 found undecodable evaluation videos (its log lists them)", [])
+        raise UndecodableVideosError("rank 0 stopped while probing the evaluation videos (its log says why)", [])
 
 
 def main(argv=None) -> dict:
@@ -138,12 +139,19 @@ def run(args, argv, runtime) -> dict:
         atomic_save_json(run_cfg.to_dict(), os.path.join(args.output_dir, "config.json"))
 
     tokenizer = model.clip.tokenizer  # the backbone's own
+    eval_sets = {}  # one per split file: "val" is the test split where a dataset has no validation split
+
+    def eval_set(split: str):
+        split = get_reader(run_cfg.data).resolve_split(split)
+        if split not in eval_sets:
+            eval_sets[split] = build_eval_dataset(run_cfg.data, split, tokenizer=tokenizer)
+        return eval_sets[split]
+
     evaluated = args.init_model
     if args.do_train:
         train_set = build_train_dataset(run_cfg.data, tokenizer=tokenizer)
-        val_data = build_eval_dataset(run_cfg.data, "val", tokenizer=tokenizer)
-        eval_splits = [val_data] + ([build_eval_dataset(run_cfg.data, "test", tokenizer=tokenizer)] if args.do_eval else [])
-        probe_evaluation_videos(eval_splits, run_cfg.data, args, runtime)
+        val_data = eval_set("val")
+        probe_evaluation_videos([val_data] + ([eval_set("test")] if args.do_eval else []), run_cfg.data, args, runtime)
         opts = TrainOptions(
             output_dir=args.output_dir, workers=args.workers, batch_size_val=args.batch_size_val,
             n_display=args.n_display, checkpoint_every=args.checkpoint_every, keep_epochs=args.keep_epochs,
@@ -157,7 +165,7 @@ def run(args, argv, runtime) -> dict:
 
     results = None
     if args.do_eval:
-        test_data = build_eval_dataset(run_cfg.data, "test", tokenizer=tokenizer)
+        test_data = eval_set("test")
         results, sim = evaluate(model, test_data, runtime, args.batch_size_val, args.workers, args.precision, args.dsl)
         if runtime.is_main:
             log_results("test", results)
