@@ -307,3 +307,40 @@ def test_decode_resize_only_when_it_halves_the_pixels(reference):
                       decode_size=transform.resize_size)
     assert not out.resized
     np.testing.assert_array_equal(out.frames, ref[out.indices])
+
+
+
+@pytest.fixture(scope="module")
+def short_gop_720p(reference, tmp_path_factory):
+    """The 720p clip's first 50 frames re-encoded with a key frame every 12 (OpenCV mp4v), where
+    seeking beats decoding front to back: the case decode-time resizing is for."""
+    from tvr.dataloaders.synthetic import write_video
+
+    ref, _ = reference(BUNNY)
+    path = str(tmp_path_factory.mktemp("gop") / "bunny_gop12.mp4")
+    write_video(path, np.ascontiguousarray(ref[:50, :, :, ::-1]), 25.0)
+    return path
+
+
+def test_dataset_decodes_large_videos_at_the_resize_size_unless_told_not_to(tmp_path, short_gop_720p):
+    """RetrievalSplit.load_video with --decode_resize (default) vs 0 on a 720p clip."""
+    import json
+
+    from tvr.dataloaders import DataConfig
+    from tvr.dataloaders.base import RetrievalSplit
+
+    (tmp_path / "videos").mkdir()
+    os.symlink(short_gop_720p, tmp_path / "videos" / "video0.mp4")
+    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"sentences": [{"video_id": "video0", "caption": "a rabbit"}]}))
+    (tmp_path / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\nret0,msr0,video0,a rabbit\n")
+    cfg = dict(anno_path=str(tmp_path), video_path=str(tmp_path / "videos"), max_frames=4, video_framerate=1.0)
+    on, on_mask = RetrievalSplit(DataConfig(**cfg), "test").load_video(0)
+    off, off_mask = RetrievalSplit(DataConfig(decode_resize=False, **cfg), "test").load_video(0)
+    assert on.shape == off.shape == (4, 3, 224, 224) and on_mask.tolist() == off_mask.tolist() == [1, 1, 0, 0]
+    diff = (on - off).abs()
+    assert 0 < diff.mean() <= DECODE_RESIZE_MEAN and diff.max() <= DECODE_RESIZE_MAX, (diff.mean(), diff.max())
+    # and the frames with it off are the transform of full frames, as decoded by an independent decoder
+    with av.open(short_gop_720p) as container:
+        full = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    want = build_frame_transform(224)(frames_to_tensor(full[[0, 25]]))
+    torch.testing.assert_close(off[:2], want, atol=0, rtol=0)
