@@ -1,0 +1,338 @@
+"""Approximate multi-vector search over video tokens: IVF centroids with product-quantised
+residuals for candidate generation, exact MeanMaxSim on the stored tokens for the final order.
+
+Every real video token (frame and video tokens alike) is assigned to its nearest coarse centroid
+(faiss k-means) and its residual to that centroid is coded by a faiss product quantiser
+(`pq_m` bytes per token). Per video we keep its tokens' centroid ids and PQ codes in fixed slots
+(frame tokens, then video tokens), and an inverted list from each centroid to the videos with a
+token there. A query is answered in four stages, each keeping the best of the previous one:
+
+1. every valid query token probes its `nprobe` nearest centroids; the videos in those lists are
+   the candidates, estimated from the probed lists alone (a query token that did not reach a
+   video counts the similarity of its first unprobed centroid, an upper bound);
+2. `centroid_candidates` of them are scored with every token replaced by its centroid;
+3. `pq_candidates` of those are scored on decompressed tokens (centroid + PQ residual);
+4. `rerank` of those are scored exactly with `mean_max_sim` on the stored tokens.
+The returned scores are therefore the exhaustive scores; only the candidate set is approximate.
+Stage sizes trade recall for latency: bench/bench_search.py measures both.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.similarity import mean_max_sim
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AnnBuildConfig:
+    nlist: int = 0  # coarse centroids; 0: chosen from the number of tokens (default_nlist)
+    pq_m: int = 32  # bytes per token code; must divide the embedding size
+    pq_nbits: int = 8  # bits per sub-quantiser code (lowered automatically for tiny corpora)
+    train_tokens: int = 131_072  # tokens sampled to train both quantisers
+    kmeans_iters: int = 10
+    seed: int = 0
+
+
+@dataclass
+class AnnSearchConfig:
+    nprobe: int = 4  # centroids probed per query token
+    centroid_candidates: int = 4096  # stage 2: candidates scored on centroids
+    pq_candidates: int = 256  # stage 3: candidates scored on decompressed tokens
+    rerank: int = 32  # stage 4: candidates scored exactly on the stored tokens
+
+
+class TokenBatch(NamedTuple):
+    tokens: torch.Tensor  # N x L x D float32
+    mask: torch.Tensor  # N x L bool
+
+
+# fetch(vids) -> one TokenBatch per branch, rows in the order of vids
+FetchFn = Callable[[np.ndarray], List[TokenBatch]]
+
+
+class SearchResult(NamedTuple):
+    vids: np.ndarray  # K video ids, best first
+    scores: np.ndarray  # K exact totals (sum over branches)
+    branch_scores: np.ndarray  # K x B exact per-branch scores
+    num_candidates: int  # videos reached by the probed lists (stage 1)
+
+
+FAST_ASSIGN_NLIST = 1024
+
+
+def default_nlist(num_tokens: int) -> int:
+    """A power of two near 2 * sqrt(tokens), between 16 and 65536."""
+    target = 2.0 * math.sqrt(max(num_tokens, 1))
+    return int(min(65536, max(16, 2 ** round(math.log2(target)))))
+
+
+def _faiss():
+    import faiss  # lazy: only the ANN index needs it
+
+    return faiss
+
+
+class Quantizer:
+    """Coarse centroids (nlist x D) and a residual product quantiser (codebook m x ksub x dsub)."""
+
+    def __init__(self, centroids: np.ndarray, codebook: np.ndarray):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
+        self.nlist, self.dim = self.centroids.shape
+        self.m, self.ksub, self.dsub = self.codebook.shape
+        if self.m * self.dsub != self.dim:
+            raise ValueError(f"codebook {self.codebook.shape} does not fit centroids of size {self.dim}")
+        self._coarse = None
+        self._centroids_t = torch.from_numpy(self.centroids)
+        self._codebook_t = torch.from_numpy(self.codebook)
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """n x D -> n nearest centroid ids (int32).
+
+        Beyond FAST_ASSIGN_NLIST centroids the search itself goes through a small IVF over the
+        centroids (the nearest centroid of a few of its groups): most tokens still get their exact
+        nearest centroid, the rest a close one, whose residual is coded all the same.
+        """
+        if self._coarse is None:
+            faiss = _faiss()
+            if self.nlist > FAST_ASSIGN_NLIST:
+                groups = int(math.sqrt(self.nlist))
+                self._coarse = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim), self.dim, groups)
+                self._coarse.cp.seed = 1
+                self._coarse.train(self.centroids)
+                self._coarse.nprobe = max(8, groups // 8)
+            else:
+                self._coarse = faiss.IndexFlatL2(self.dim)
+            self._coarse.add(self.centroids)
+        return self._coarse.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0].astype(np.int32)
+
+    def encode(self, x: np.ndarray, lists: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        """PQ codes (n x m uint8) of the residuals x - centroid: nearest codeword per sub-vector.
+
+        The same rule as faiss's ProductQuantizer.compute_codes, written as batched matrix
+        products so it runs at GEMM speed.
+        """
+        out = np.empty((len(x), self.m), np.uint8)
+        half_norms = 0.5 * (self._codebook_t ** 2).sum(-1)  # m x ksub
+        for a in range(0, len(x), chunk):
+            residual = torch.from_numpy(np.asarray(x[a:a + chunk], dtype=np.float32)) - self._centroids_t[torch.from_numpy(lists[a:a + chunk]).long()]
+            sub = residual.view(-1, self.m, self.dsub).transpose(0, 1)  # m x n x dsub
+            score = torch.bmm(sub, self._codebook_t.transpose(1, 2)) - half_norms[:, None, :]  # m x n x ksub
+            out[a:a + chunk] = score.argmax(-1).t().numpy().astype(np.uint8)
+        return out
+
+    def decode(self, lists: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """lists: N (int64, >= 0), codes: N x m (uint8) -> N x D reconstructed tokens."""
+        offsets = torch.arange(self.m) * self.ksub  # m
+        flat = self._codebook_t.view(self.m * self.ksub, self.dsub)
+        parts = flat.index_select(0, (codes.long() + offsets).view(-1))  # (N m) x dsub
+        return self._centroids_t.index_select(0, lists) + parts.view(len(lists), self.dim)
+
+
+def train_quantizer(sample: np.ndarray, cfg: AnnBuildConfig, total_tokens: Optional[int] = None) -> Quantizer:
+    """k-means centroids, then a PQ codebook on the sample's residuals.
+
+    sample: n x D unit tokens; total_tokens (default n) sizes the default number of centroids.
+    """
+    faiss = _faiss()
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    n, dim = sample.shape
+    if dim % cfg.pq_m:
+        raise ValueError(f"the PQ size {cfg.pq_m} must divide the embedding size {dim}")
+    nlist = max(1, min(cfg.nlist or default_nlist(total_tokens or n), n))
+    nbits = max(1, min(cfg.pq_nbits, int(math.log2(max(n, 2)))))
+    if nbits != cfg.pq_nbits:
+        logger.warning("only %d training tokens: the product quantiser uses %d bits per code instead of %d",
+                       n, nbits, cfg.pq_nbits)
+    kmeans = faiss.Kmeans(dim, nlist, niter=cfg.kmeans_iters, seed=cfg.seed, min_points_per_centroid=1,
+                          max_points_per_centroid=max(256, n // nlist + 1))
+    kmeans.train(sample)
+    centroids = kmeans.centroids
+    lists = kmeans.index.search(sample, 1)[1][:, 0]
+    pq = faiss.ProductQuantizer(dim, cfg.pq_m, nbits)
+    pq.cp.seed = cfg.seed + 1
+    pq.cp.min_points_per_centroid = 1
+    pq.cp.max_points_per_centroid = 64  # 16k points per sub-quantiser are plenty for 256 codes
+    pq.train(np.ascontiguousarray(sample - centroids[lists]))
+    codebook = faiss.vector_to_array(pq.centroids).reshape(cfg.pq_m, 2 ** nbits, dim // cfg.pq_m)
+    logger.info("trained the ANN quantiser: %d tokens, %d centroids, %d-byte codes", n, nlist, cfg.pq_m)
+    return Quantizer(centroids, codebook)
+
+
+def sample_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
+    """Sorted row numbers of a deterministic random sample (all rows when count >= num_rows)."""
+    if count >= num_rows:
+        return np.arange(num_rows)
+    return np.sort(np.random.default_rng(seed).choice(num_rows, size=count, replace=False))
+
+
+class CodedVideos(NamedTuple):
+    """Compressed tokens of some videos: slots are the branches' tokens one after the other."""
+
+    vids: np.ndarray  # n int64
+    lists: np.ndarray  # n x L int32 centroid ids, -1 on padded slots
+    codes: np.ndarray  # n x L x m uint8 PQ codes of the residuals
+
+
+def encode_videos(quantizer: Quantizer, vids: np.ndarray, branches: Sequence[Tuple[np.ndarray, np.ndarray]]) -> CodedVideos:
+    """branches: per branch (tokens n x L_b x D, mask n x L_b), in a fixed order."""
+    tokens = np.concatenate([np.asarray(t, dtype=np.float32) for t, _ in branches], axis=1)  # n x L x D
+    mask = np.concatenate([np.asarray(m).astype(bool) for _, m in branches], axis=1)  # n x L
+    n, slots, _ = tokens.shape
+    lists = np.full((n, slots), -1, np.int32)
+    codes = np.zeros((n, slots, quantizer.m), np.uint8)
+    valid = tokens[mask]  # n_valid x D
+    if len(valid):
+        lists[mask] = quantizer.assign(valid)
+        codes[mask] = quantizer.encode(valid, lists[mask])
+    return CodedVideos(np.asarray(vids, dtype=np.int64), lists, codes)
+
+
+def _inverted_lists(lists: np.ndarray, branch_of_slot: np.ndarray, nlist: int, num_branches: int):
+    """CSR from centroid to (row * num_branches + branch) entries, one per distinct entry."""
+    rows = np.broadcast_to(np.arange(lists.shape[0])[:, None], lists.shape)
+    keys = rows * num_branches + branch_of_slot[None, :]
+    valid = lists >= 0
+    pairs = np.unique(lists[valid].astype(np.int64) * (lists.shape[0] * num_branches) + keys[valid])
+    cents, entries = np.divmod(pairs, lists.shape[0] * num_branches)
+    offsets = np.zeros(nlist + 1, np.int64)
+    np.cumsum(np.bincount(cents, minlength=nlist), out=offsets[1:])
+    return offsets, entries.astype(np.int64)
+
+
+class AnnIndex:
+    """Queryable union of coded parts (the parts may come from separately built shards)."""
+
+    def __init__(self, quantizer: Quantizer, parts: Sequence[CodedVideos], branch_sizes: Sequence[int]):
+        self.quantizer = quantizer
+        self.branch_sizes = tuple(int(s) for s in branch_sizes)
+        self.num_branches = len(self.branch_sizes)
+        parts = [p for p in parts if len(p.vids)]
+        slots = sum(self.branch_sizes)
+        for p in parts:
+            if p.lists.shape[1] != slots:
+                raise ValueError(f"coded part has {p.lists.shape[1]} token slots, expected {slots}")
+        self.vids = np.concatenate([p.vids for p in parts]) if parts else np.zeros(0, np.int64)
+        self.lists = np.concatenate([p.lists for p in parts]) if parts else np.zeros((0, slots), np.int32)
+        self.codes = np.concatenate([p.codes for p in parts]) if parts else np.zeros((0, slots, quantizer.m), np.uint8)
+        self.branch_of_slot = np.repeat(np.arange(self.num_branches), self.branch_sizes)
+        self.offsets, self.entries = _inverted_lists(self.lists, self.branch_of_slot, quantizer.nlist, self.num_branches)
+        self._lists_t = torch.from_numpy(self.lists).long()
+        self._codes_t = torch.from_numpy(self.codes)
+
+    def __len__(self) -> int:
+        return len(self.vids)
+
+    def nbytes(self) -> int:
+        """Memory used for candidate generation: centroids, codebook, centroid ids, codes, lists."""
+        q = self.quantizer
+        return int(q.centroids.nbytes + q.codebook.nbytes + self.lists.nbytes + self.codes.nbytes
+                   + self.offsets.nbytes + self.entries.nbytes // 2)  # entries fit in int32
+
+    # ---- stages -------------------------------------------------------------------------------
+    def _probe(self, cent_sim: torch.Tensor, nprobe: int):
+        """Stage 1: candidate rows and their estimated scores from the probed lists."""
+        n, nlist = cent_sim.shape
+        nb = self.num_branches
+        k = min(nprobe + 1, nlist)
+        top = cent_sim.topk(k, dim=1)
+        probe_ids = top.indices[:, :nprobe].numpy()  # n x p
+        fill = top.values[:, -1] if nlist > nprobe else torch.full((n,), -1.0)  # first unprobed
+        starts = self.offsets[probe_ids]  # n x p
+        lengths = self.offsets[probe_ids + 1] - starts
+        total = int(lengths.sum())
+        if total == 0:
+            return np.zeros(0, np.int64), torch.zeros(0)
+        # Gather every entry of every probed list (CSR ranges, vectorised).
+        flat_len = lengths.ravel()
+        seg = np.repeat(np.arange(flat_len.size), flat_len)
+        within = np.arange(total) - np.repeat(np.cumsum(flat_len) - flat_len, flat_len)
+        entries = self.entries[np.repeat(starts.ravel(), flat_len) + within]
+        token = seg // probe_ids.shape[1]
+        sims = cent_sim[torch.from_numpy(token), torch.from_numpy(probe_ids.ravel()[seg])]
+        rows, branch = np.divmod(entries, nb)
+        cands, inverse = np.unique(rows, return_inverse=True)
+        est = fill[:, None].repeat(1, len(cands) * nb)  # n x (C nb)
+        index = torch.from_numpy(inverse * nb + branch)
+        est.view(-1).scatter_reduce_(0, torch.from_numpy(token) * (len(cands) * nb) + index, sims, reduce="amax")
+        scores = est.view(n, len(cands), nb).mean(0).sum(1)  # C
+        return cands, scores
+
+    def _branch_slices(self):
+        start = 0
+        for size in self.branch_sizes:
+            yield slice(start, start + size)
+            start += size
+
+    def _centroid_scores(self, cent_sim: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """Stage 2: scores with every token replaced by its centroid. Returns C."""
+        nlist = self.quantizer.nlist
+        table = torch.cat([cent_sim.t(), cent_sim.new_zeros(1, cent_sim.shape[0])])  # (nlist+1) x n
+        lists = self._lists_t[torch.from_numpy(rows)]  # C x L
+        lists = torch.where(lists < 0, nlist, lists)  # padded slots point at the ignored row
+        total = cent_sim.new_zeros(len(rows))
+        for part in self._branch_slices():
+            # max over the branch's tokens of each query token's similarity: C x n
+            best = F.embedding_bag(lists[:, part], table, mode="max", padding_idx=nlist)
+            total += best.mean(1)
+        return total
+
+    def _pq_scores(self, q: torch.Tensor, cent_sim: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """Stage 3: scores on centroid + PQ residual, by lookup tables (no decompression). Returns C."""
+        quant = self.quantizer
+        n = q.shape[0]
+        # lut[j * ksub + k, i] = <sub-vector j of query token i, codeword k of sub-quantiser j>
+        sub = q.view(n, quant.m, quant.dsub).transpose(0, 1)  # m x n x dsub
+        lut = torch.bmm(quant._codebook_t, sub.transpose(1, 2)).reshape(quant.m * quant.ksub, n)
+        r = torch.from_numpy(rows)
+        lists = self._lists_t[r]  # C x L
+        codes = self._codes_t[r].long() + torch.arange(quant.m) * quant.ksub  # C x L x m
+        sim = F.embedding_bag(codes.view(-1, quant.m), lut, mode="sum")  # (C L) x n
+        sim += cent_sim.t().index_select(0, lists.clamp(min=0).view(-1))
+        sim = sim.view(len(rows), -1, n).masked_fill((lists < 0)[..., None], float("-inf"))  # C x L x n
+        total = q.new_zeros(len(rows))
+        for part in self._branch_slices():
+            best = sim[:, part].amax(dim=1)  # C x n
+            total += torch.where(torch.isfinite(best), best, torch.zeros(())).mean(1)
+        return total
+
+    def search(self, fetch: FetchFn, q: torch.Tensor, q_mask: torch.Tensor, top: int, cfg: AnnSearchConfig,
+               interaction: str = "mms") -> SearchResult:
+        """Top `top` videos for one query. q: Lq x D float32 unit tokens, q_mask: Lq."""
+        q_mask = q_mask.bool()
+        qv = q[q_mask]  # n x D
+        cent_sim = qv @ self.quantizer._centroids_t.t()  # n x nlist
+        rows, est = self._probe(cent_sim, cfg.nprobe)
+        num_candidates = len(rows)
+        for keep, score_fn in ((cfg.centroid_candidates, None),
+                               (cfg.pq_candidates, lambda r: self._centroid_scores(cent_sim, r)),
+                               (cfg.rerank, lambda r: self._pq_scores(qv, cent_sim, r))):
+            if score_fn is not None:
+                est = score_fn(rows)
+            if keep and len(rows) > keep:
+                best = est.topk(keep).indices.numpy()
+                rows, est = rows[best], est[best]
+        empty = np.zeros(0, np.float32)
+        if not len(rows):
+            return SearchResult(np.zeros(0, np.int64), empty, np.zeros((0, self.num_branches), np.float32), 0)
+        vids = self.vids[rows]
+        per_branch = exact_scores(q, q_mask, fetch(vids), interaction)  # C x B
+        total = per_branch.sum(1).numpy()
+        # Highest score first; among equal scores the lower id, as the exhaustive search orders them.
+        order = np.lexsort((vids, -total))[:top]
+        return SearchResult(vids[order], total[order], per_branch.numpy()[order], num_candidates)
+
+
+def exact_scores(q: torch.Tensor, q_mask: torch.Tensor, candidates: List[TokenBatch], interaction: str) -> torch.Tensor:
+    """q: Lq x D, q_mask: Lq; returns C x B exact branch scores (MeanMaxSim or MaxSim)."""
+    cols = [mean_max_sim(q[None], q_mask[None], c.tokens, c.mask, interaction=interaction)[0] for c in candidates]
+    return torch.stack(cols, dim=1)  # C x B
