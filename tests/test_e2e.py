@@ -1,5 +1,6 @@
 """End to end: main.py trains and evaluates on a small synthetic set; resume and multi-process
-runs reproduce the one-process, uninterrupted results."""
+runs reproduce the one-process, uninterrupted results. (That training learns at all, and that
+best.pth is the best epoch, is test_learning.py's job.)"""
 import json
 import os
 import signal
@@ -49,16 +50,17 @@ def assert_same_weights(a, b, atol=0.0):
 def reference_run(dataset, tmp_path_factory):
     """One uninterrupted one-process run: train 2 epochs, then evaluate."""
     out = tmp_path_factory.mktemp("reference")
-    results = main_module.main(common_args(dataset, out, "--do_train", "--do_eval"))
+    results = main_module.main(common_args(dataset, out, "--do_train", "--do_eval", "--keep_epochs", "2"))
     return out, results
 
 
 def test_train_and_eval_writes_everything(reference_run):
     out, results = reference_run
-    for name in ("log.txt", "eval_results.json", "epoch0.pth", "epoch1.pth", "best.pth", "last.pth"):
+    for name in ("log.txt", "config.json", "eval_results.json", "epoch0.pth", "epoch1.pth", "best.pth", "last.pth"):
         assert (out / name).exists(), name
     saved = json.loads((out / "eval_results.json").read_text())
-    assert set(saved) == {"t2v", "v2t", "temporal"}  # the synthetic set marks its temporal queries
+    assert {"t2v", "v2t", "temporal"} <= set(saved)  # the synthetic set marks its temporal queries
+    assert saved["checkpoint"] == os.path.abspath(out / "best.pth")  # after training, the best epoch is tested
     assert 0 <= saved["temporal"]["twin_accuracy"] <= 100
     for direction in ("t2v", "v2t"):
         assert set(saved[direction]) == {"R1", "R5", "R10", "MdR", "MnR"}
@@ -156,13 +158,23 @@ def test_two_process_eval_equals_one_process(dataset, reference_run, tmp_path):
     assert two["t2v"]["R1"] == pytest.approx(single["t2v"]["R1"])
 
 
+# Float noise of this run: starting the one-process run from weights perturbed by 1e-7 (relative,
+# one float32 rounding) moves its final weights by 3.3e-6 (1e-6: by 2.0e-5), so two runs that differ
+# only in summation order may differ by about that much (measured 2-process difference: 3.4e-6). A real error in the 2-process gradients is
+# far larger in float64 (test_ddp_gradients.py) but Adam's step hides its scale, hence that test.
+DDP_WEIGHT_ATOL = 2e-5
+
+
 @pytest.mark.slow
 def test_two_process_training_matches_one_process(dataset, reference_run, tmp_path):
     """torchrun, 2 ranks x 8 rows: all-gathered negatives and DDP averaging give the same weights
-    as one process with the whole batch of 16."""
+    as one process with the whole batch of 16, up to float noise."""
     ref_out, _ = reference_run
     _launch(common_args(dataset, tmp_path / "ddp", "--do_train"), 2, "torchrun")
-    assert_same_weights(final_weights(tmp_path / "ddp"), final_weights(ref_out), atol=2e-5)
+    two, one = final_weights(tmp_path / "ddp"), final_weights(ref_out)
+    assert_same_weights(two, one, atol=DDP_WEIGHT_ATOL)
+    moved = torch.load(ref_out / "epoch0.pth", weights_only=True)["model"]
+    assert max(float((one[k] - moved[k]).abs().max()) for k in one) > 20 * DDP_WEIGHT_ATOL  # the runs did train (1.5e-3)
 
 
 def test_batch_that_does_not_divide_across_ranks_is_an_error():
@@ -204,8 +216,10 @@ def test_undecodable_videos_are_reported_not_hidden(dataset, reference_run, tmp_
     shutil.copytree(dataset, data)
     test_video = json.loads((data / "anns" / "temporal_queries.json").read_text())["video_ids"][0]
     train_video = (data / "anns" / "MSRVTT_train.9k.csv").read_text().split()[1]
+
     def corrupt(vid):
-        (data / "videos" / f"{vid}.mp4").write_bytes(b"not a video at all" * 100)
+        (path,) = (data / "videos").glob(f"{vid}.*")
+        path.write_bytes(b"not a video at all" * 100)
 
     corrupt(train_video)
     out = tmp_path / "train"
@@ -215,7 +229,7 @@ def test_undecodable_videos_are_reported_not_hidden(dataset, reference_run, tmp_
     corrupt(test_video)
 
     ckpt = str(reference_run[0] / "best.pth")
-    with pytest.raises(VideoDecodeError, match=f"{test_video}.mp4"):
+    with pytest.raises(VideoDecodeError, match=f"{test_video}\\."):
         main_module.main(common_args(data, tmp_path / "strict", "--do_eval", "--init_model", ckpt))
     results = main_module.main(common_args(data, tmp_path / "lenient", "--do_eval", "--init_model", ckpt, "--allow_decode_errors", "1"))
     saved = json.loads((tmp_path / "lenient" / "eval_results.json").read_text())

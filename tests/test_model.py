@@ -213,7 +213,8 @@ AUTOCAST_CAPTIONS = CAPTIONS + ["a yellow triangle moves up", "a green circle th
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("dtype,fraction", [(torch.float16, 0.05), (torch.bfloat16, 0.2)])
+# bf16 autocast emulated on the CPU: max error 2.3 % of the spread (fp16 keeps 3 more mantissa bits)
+@pytest.mark.parametrize("dtype,fraction", [(torch.float16, 0.05), (torch.bfloat16, 0.1)])
 def test_autocast_scores_match_fp32_on_cuda(clip, dtype, fraction):
     """Scores under autocast stay within a small fraction of the spread of the fp32 scores, and every
     pair of videos whose fp32 scores differ by more than twice that keeps its order. (A random model's
