@@ -159,9 +159,10 @@ def test_two_process_eval_equals_one_process(dataset, reference_run, tmp_path):
 
 
 # Float noise of this run: starting the one-process run from weights perturbed by 1e-7 (relative,
-# one float32 rounding) moves its final weights by 3.3e-6 (1e-6: by 2.0e-5), so two runs that differ
-# only in summation order may differ by about that much (measured 2-process difference: 3.4e-6). A real error in the 2-process gradients is
-# far larger in float64 (test_ddp_gradients.py) but Adam's step hides its scale, hence that test.
+# one float32 rounding) moves its final weights by 3.3e-6 (1e-6: by 2.0e-5), so runs that differ only
+# in summation order differ by about that much (2 processes vs 1, measured: 3.4e-6). A real error in
+# the 2-process gradients shows far more clearly in float64 (test_ddp_gradients.py), and Adam's step
+# hides an error of scale, which only that test sees.
 DDP_WEIGHT_ATOL = 2e-5
 
 
