@@ -10,8 +10,8 @@ setting), D = 512, L2-normalised float32 inputs. All query
 tokens are valid (query expansion on); `--short_frac` of the videos have a random number of
 padded tokens so the masking path is exercised.
 
-Time (evaluation path: torch.no_grad). The floor is a bare matmul of the same FLOPs with
-nothing else, into one preallocated buffer, timed two ways: "same blocks" runs exactly the
+Time (evaluation path: torch.no_grad; `--clock cpu` counts process CPU time instead of wall
+time). The floor is a bare matmul of the same FLOPs with nothing else, into one preallocated buffer, timed two ways: "same blocks" runs exactly the
 GEMMs that MMS runs (its query-token x video-token blocks, chunk by chunk); "large blocks"
 runs the same FLOPs as blocks of CUDA_CHUNK_ELEMENTS similarities (the largest GEMMs MMS would
 ever run), so small blocks cannot flatter the ratio. ratio = mms / the faster of the two. Each
@@ -112,14 +112,17 @@ def bare_matmul(q, v, c, qc, buf):
             torch.mm(qi, vj.t(), out=buf[:qi.shape[0] * vj.shape[0]].view(qi.shape[0], vj.shape[0]))
 
 
-def _timed(fn, device):
+def _timed(fn, device, clock="wall"):
+    """Seconds of one call: wall clock, or this process's CPU time (--clock cpu: with --threads 1 on
+    a shared machine it does not count the time other processes held the core)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+    t0 = now()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def run_one(nt, nv, args, device, dtype):
@@ -150,7 +153,7 @@ def run_one(nt, nv, args, device, dtype):
                 fn()
             for _ in range(args.repeats):
                 for name, fn in fns.items():
-                    times[name].append(_timed(fn, device))
+                    times[name].append(_timed(fn, device, args.clock))
             del buf
     nan = float("nan")
     t_mms = min(times["mms"], default=nan)
@@ -190,8 +193,12 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall clock, or process CPU time (CPU only; use with --threads 1 on a shared machine)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
+    if args.clock == "cpu" and args.device.startswith("cuda"):
+        p.error("--clock cpu measures CPU work; on CUDA use --clock wall")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -200,7 +207,7 @@ def main(argv=None):
 
     header = (f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} threads) dtype={args.dtype} torch={torch.__version__} "
-              f"Lq={args.lq} Lv={args.lv} D={args.dim} repeats={args.repeats}")
+              f"Lq={args.lq} Lv={args.lv} D={args.dim} repeats={args.repeats} clock={args.clock}")
     print(header)
     print(f"{'Nt':>6} {'Nv':>6} {'chunk':>6} {'qchunk':>6} {'mms s':>9} {'same s':>9} {'large s':>9} {'ratio':>6} "
           f"{'paired':>6} {'GFLOP/s':>8} {'in MiB':>8} {'out MiB':>8} {'work MiB':>9} {'block MiB':>9}")

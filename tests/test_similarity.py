@@ -138,18 +138,21 @@ def test_evaluation_and_autograd_paths_match_reference_across_uneven_chunks(inte
 
 def test_automatic_chunks_balance_the_block_within_budget():
     # Budget 2**21: isqrt = 1448 query tokens -> 1448 // 32 = 45 queries; 2**21 // (45 * 32 * 26) = 56
-    # videos; then 2**21 // (56 * 32 * 26) = 45 queries.
-    assert resolve_chunk_sizes(1000, 32, 1000, 26, None, None, 2 ** 21) == (56, 45)
-    # Few queries (a training batch): they all fit, the videos take the rest of the budget.
-    assert resolve_chunk_sizes(8, 32, 10_000, 26, None, None, 2 ** 21) == (315, 8)
-    # Few videos: all of them, and the queries take the rest.
+    # videos, rounded down to a multiple of 32: 32; then 2**21 // (32 * 32 * 26) = 78 queries.
+    assert resolve_chunk_sizes(1000, 32, 1000, 26, None, None, 2 ** 21) == (32, 78)
+    # Few queries (a training batch): they all fit, the videos take the rest of the budget
+    # (2**21 // (8 * 832) = 315 -> 288).
+    assert resolve_chunk_sizes(8, 32, 10_000, 26, None, None, 2 ** 21) == (288, 8)
+    # Few videos: all of them (no rounding), and the queries take the rest.
     assert resolve_chunk_sizes(10_000, 32, 10, 26, None, None, 2 ** 21) == (10, 252)
     # An explicit video chunk is kept; the query chunk fills the budget (2**21 // (32 * 26 * 256) = 9).
     assert resolve_chunk_sizes(1000, 32, 1000, 26, 256, None, 2 ** 21) == (256, 9)
-    for nq, lq, nv, lv, budget in [(1000, 32, 1000, 26, 2 ** 21), (3, 77, 5000, 12, 2 ** 16), (500, 8, 7, 100, 10 ** 6)]:
+    for nq, lq, nv, lv, budget in [(1000, 32, 1000, 26, 2 ** 21), (3, 77, 5000, 12, 2 ** 16), (500, 8, 7, 100, 10 ** 6),
+                                   (10_000, 32, 10_000, 14, 2 ** 25)]:
         c, qc = resolve_chunk_sizes(nq, lq, nv, lv, None, None, budget)
         assert 1 <= c <= nv and 1 <= qc <= nq
         assert qc * lq * c * lv <= budget
+        assert c == nv or c < 32 or c % 32 == 0
 
 
 def test_float32_matches_reference():

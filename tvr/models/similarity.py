@@ -51,6 +51,12 @@ CPU_CHUNK_ELEMENTS = 2 ** 21
 CUDA_CHUNK_ELEMENTS = 2 ** 25
 
 
+# Automatic video chunks are a multiple of this: the max over a block reduces a strided axis with the
+# c chunk videos contiguous, and on the CPU it runs about 8x faster when c is a multiple of 32 (c = 56:
+# 8 % of the GEMM's time; c = 32 or 64: under 1 %).
+_VIDEO_CHUNK_MULTIPLE = 32
+
+
 def default_chunk_elements(device: torch.device) -> int:
     return CUDA_CHUNK_ELEMENTS if torch.device(device).type == "cuda" else CPU_CHUNK_ELEMENTS
 
@@ -92,7 +98,7 @@ def resolve_chunk_sizes(nq: int, lq: int, nv: int, lv: int, chunk_size: Optional
     """Token sets per chunk (c) and queries per chunk (qc), so that qc * lq * c * lv <= max_elements
     whenever both sizes are automatic. Automatic sizes balance the block's two sides (about
     sqrt(max_elements) query tokens and as many chunk tokens) unless one side is short: then
-    the other takes the rest of the budget."""
+    the other takes the rest of the budget. An automatic c is rounded down to a multiple of 32."""
     for name, val in (("chunk_size", chunk_size), ("q_chunk_size", q_chunk_size), ("max_elements", max_elements)):
         if val is not None and int(val) < 1:
             raise ValueError(f"{name} must be >= 1, got {val}")
@@ -103,6 +109,8 @@ def resolve_chunk_sizes(nq: int, lq: int, nv: int, lv: int, chunk_size: Optional
         else:
             qc_guess = int(q_chunk_size)
         c = max(1, max_elements // (qc_guess * per_pair))
+        if c >= _VIDEO_CHUNK_MULTIPLE and nv > c:
+            c -= c % _VIDEO_CHUNK_MULTIPLE
     else:
         c = int(chunk_size)
     c = max(1, min(c, max(nv, 1)))
