@@ -13,9 +13,9 @@ padded tokens so the masking path is exercised.
 Time (evaluation path: torch.no_grad; `--clock cpu` counts process CPU time instead of wall
 time). The floor is a bare matmul of the same FLOPs with nothing else, into one preallocated
 buffer, timed two ways: "same blocks" runs exactly the GEMMs that MMS runs (its query-token x
-video-token blocks, chunk by chunk); "large blocks"
-runs the same FLOPs as blocks of CUDA_CHUNK_ELEMENTS similarities (the largest GEMMs MMS would
-ever run), so small blocks cannot flatter the ratio. ratio = mms / the faster of the two. Each
+video-token blocks, chunk by chunk); "large blocks" runs the same FLOPs as blocks of
+CUDA_CHUNK_ELEMENTS similarities (the largest GEMMs MMS would ever run), so small blocks cannot
+flatter the ratio. ratio = mms / the faster of the two. Each
 is timed `--repeats` times, interleaved; we report the minimum of each and the median of the
 per-round ratios (rounds share the machine's load, so the paired median resists a busy,
 shared machine better than either minimum).
