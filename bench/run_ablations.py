@@ -16,17 +16,26 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (environment for train.sh, what the row tests, "paper" if the paper specifies the setting)
+# name -> (environment for train.sh, what the row tests, whether the paper specifies the setting).
+# The demo recipe's defaults: both branches, mean-max-sim (mms) with query expansion (padding positions are
+# query tokens) and the start token counted, 2 visual expansion tokens, normalized temporal input, dual loss.
 VARIANTS = {
-    "default": ({}, "the demo recipe", ""),
-    "loss_softmax": ({"LOSS": "softmax"}, "symmetric InfoNCE instead of the dual sigmoid loss", "paper: sigmoid"),
-    "loss_sigmoid": ({"LOSS": "sigmoid"}, "the paper's dual sigmoid loss", "paper"),
-    "loss_sigmoid_lr_new": ({"LOSS": "sigmoid", "LOSS_LR": "1e-3"}, "sigmoid, loss scalars at the new modules' lr", "ours"),
-    "single_loss": ({"EXTRA_ARGS": "--dual_loss 0"}, "one loss on s_F + s_V", "paper: dual"),
-    "no_sot": ({"EXTRA_ARGS": "--query_sot 0"}, "<|startoftext|> not a query token", "ours"),
+    "default": ({}, "the demo recipe (configs/synthetic.sh)", ""),
+    "loss_softmax": ({"LOSS": "softmax"}, "symmetric InfoNCE loss", "ours (paper: sigmoid)"),
+    "loss_sigmoid": ({"LOSS": "sigmoid"}, "the paper's sigmoid loss, loss scalars at --lr", "paper"),
+    "loss_sigmoid_llr1e-2": ({"LOSS": "sigmoid", "LOSS_LR": "1e-2"}, "sigmoid, --loss_lr 1e-2", "paper loss; lr ours"),
+    "loss_sigmoid_llr5e-2": ({"LOSS": "sigmoid", "LOSS_LR": "5e-2"}, "sigmoid, --loss_lr 5e-2", "paper loss; lr ours"),
+    "loss_sigmoid_llr1e-1": ({"LOSS": "sigmoid", "LOSS_LR": "1e-1"}, "sigmoid, --loss_lr 1e-1", "paper loss; lr ours"),
+    "frames12_softmax": ({"LOSS": "softmax", "MAX_FRAMES": "12", "VIDEO_FRAMERATE": "2"}, "12 frames (2 fps), softmax",
+                         "paper: 12 frames"),
+    "frames12_sigmoid": ({"LOSS": "sigmoid", "LOSS_LR": "1e-1", "MAX_FRAMES": "12", "VIDEO_FRAMERATE": "2"},
+                         "12 frames (2 fps), sigmoid, --loss_lr 1e-1", "paper: 12 frames"),
+    "single_loss": ({"EXTRA_ARGS": "--dual_loss 0"}, "one loss on s_F + s_V instead of one per branch", "paper: dual"),
+    "no_sot": ({"EXTRA_ARGS": "--query_sot 0"}, "start token not a query token", "ours"),
     "raw_temporal_input": ({"EXTRA_ARGS": "--temporal_input raw"}, "temporal encoder reads raw CLS tokens", "ours"),
-    "no_query_expansion": ({"EXTRA_ARGS": "--query_expansion 0"}, "padding positions not query tokens", "paper: on"),
-    "maxsim_no_qe": ({"EXTRA_ARGS": "--query_expansion 0 --interaction maxsim"}, "ColBERT's sum (expansion off)", "paper: mean"),
+    "no_query_expansion": ({"EXTRA_ARGS": "--query_expansion 0"}, "mms, query expansion off", "paper: on"),
+    "maxsim_no_qe": ({"EXTRA_ARGS": "--query_expansion 0 --interaction maxsim"},
+                     "ColBERT's sum over query tokens (expansion off; compare with the row above)", "paper: mean"),
     "visual_expansion_0": ({"EXTRA_ARGS": "--visual_expansion 0"}, "no visual expansion tokens", "paper: on"),
     "visual_expansion_4": ({"EXTRA_ARGS": "--visual_expansion 4"}, "4 visual expansion tokens", "ours (count)"),
     "frame_only": ({"EXTRA_ARGS": "--branches frame"}, "frame branch only", "paper: both"),
@@ -44,10 +53,12 @@ def command_for(name: str, seed: int, out_root: str) -> tuple:
     return env, shown
 
 
-def run(name: str, seed: int, out_root: str) -> dict:
+def run(name: str, seed: int, out_root: str, collect_only: bool = False) -> dict:
     env, shown = command_for(name, seed, out_root)
     results = os.path.join(env["OUTPUT_DIR"], "eval_results.json")
     if not os.path.exists(results):
+        if collect_only:
+            return {}
         start = time.time()
         subprocess.run(["bash", "train.sh"], cwd=REPO, env=dict(os.environ, **env, OVERWRITE="1"),
                        stdout=subprocess.DEVNULL, check=True)
@@ -60,6 +71,9 @@ def row(name: str, runs: list, seeds: list) -> str:
     cells = []
     for section, key in COLUMNS:
         values = [r[section][key] for r in runs if section in r]
+        if not values:
+            cells.append("not run")
+            continue
         mean = statistics.mean(values)
         spread = f" ± {statistics.pstdev(values):.1f}" if len(values) > 1 else ""
         cells.append(f"{mean:.1f}{spread}")
@@ -73,11 +87,12 @@ def main(argv=None) -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[42])
     p.add_argument("--out", default="outputs/ablations", help="one folder per run below this")
+    p.add_argument("--collect_only", action="store_true", help="only read finished runs; the rest show as 'not run'")
     args = p.parse_args(argv)
     print("| variant | setting in the paper | t2v R@1 | R@5 | MdR | v2t R@1 | temporal R@1 | twin acc. | command (per seed: SEED=...) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.variants:
-        runs = [run(name, seed, args.out) for seed in args.seeds]
+        runs = [run(name, seed, args.out, args.collect_only) for seed in args.seeds]
         print(row(name, runs, args.seeds), flush=True)
 
 
