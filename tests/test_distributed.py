@@ -17,7 +17,7 @@ from tvr.utils import distributed as du
 
 WORLD = 2
 B, LQ, LV, DIN, D = 6, 4, 5, 6, 8  # global batch 6 -> 3 pairs per rank
-CONFIGS = [("sigmoid", True), ("sigmoid", False), ("softmax", True)]
+CONFIGS = [("sigmoid", True), ("sigmoid", False), ("softmax", True), ("softmax", False)]
 TIMEOUT_S = 120
 
 
