@@ -85,8 +85,8 @@ class Quantizer:
     """Coarse centroids (nlist x D) and a residual product quantiser (codebook m x ksub x dsub)."""
 
     def __init__(self, centroids: np.ndarray, codebook: np.ndarray):
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
+        self.centroids = np.array(centroids, dtype=np.float32)  # own, writable copies (maybe read from a memmap)
+        self.codebook = np.array(codebook, dtype=np.float32)
         self.nlist, self.dim = self.centroids.shape
         self.m, self.ksub, self.dsub = self.codebook.shape
         if self.m * self.dsub != self.dim:

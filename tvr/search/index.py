@@ -24,7 +24,7 @@ from ..utils.launch import Runtime
 from ..utils.sampling import shard_range
 from .ann import AnnBuildConfig
 from .model_ref import SearchModel, check_index_model, checkpoint_identity, load_search_model
-from .store import (FORMAT, FORMAT_VERSION, SearchIndexError, Shard, list_shards, read_manifest, shard_dir,
+from .store import (FORMAT, FORMAT_VERSION, ManifestUnreadable, SearchIndexError, Shard, list_shards, read_manifest, shard_dir,
                     write_manifest, write_shard)
 from .videos import VideoFile, VideoLoader, describe_failure, find_videos
 
@@ -258,7 +258,12 @@ def build_index(checkpoint: str, videos_dir: str, index_dir: str, opts: IndexOpt
     # Everything cheap is checked before the model is built.
     sha = checkpoint_identity(checkpoint)
     manifest_path = os.path.join(index_dir, "manifest.json")
-    previous = read_manifest(index_dir) if os.path.exists(manifest_path) else None
+    previous = None
+    if os.path.exists(manifest_path):
+        try:
+            previous = read_manifest(index_dir)
+        except ManifestUnreadable as exc:
+            logger.warning("%s; rebuilding it from the shards", exc)
     if previous is not None:
         check_index_model(previous, sha, checkpoint, index_dir)
     sm = load_search_model(checkpoint, device=runtime.device, sha256=sha)

@@ -59,6 +59,8 @@ def check_index_model(manifest: dict, sha256: str, checkpoint_path: str, index_d
     built = manifest.get("checkpoint", {})
     if built.get("sha256") == sha256:
         return
+    if config is None:
+        config = _stored_config(checkpoint_path)
     detail = ""
     if config is not None and built.get("config"):
         differ = _config_differences(built["config"], config)
@@ -68,6 +70,18 @@ def check_index_model(manifest: dict, sha256: str, checkpoint_path: str, index_d
         f"index {index_dir} was built with checkpoint {built.get('path')} (sha256 {str(built.get('sha256'))[:12]}...), "
         f"not with {checkpoint_path} (sha256 {sha256[:12]}...).{detail} Tokens of one model cannot be searched "
         f"with another: use the index's own checkpoint, or build a new index with --out elsewhere.")
+
+
+def _stored_config(path: str) -> dict | None:
+    """The run configuration inside a checkpoint, for a helpful refusal; None when unreadable."""
+    from ..engine.model_io import stored_config
+    from ..utils.checkpoint import load_checkpoint
+
+    try:
+        cfg = stored_config(load_checkpoint(path), path)
+    except Exception:  # the refusal stands either way; this only adds detail
+        return None
+    return cfg.to_dict() if cfg is not None else None
 
 
 def _config_differences(a: dict, b: dict, prefix: str = "") -> list:

@@ -34,12 +34,17 @@ FORMAT = "videocolbert-search-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARDS = "shards"
-_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I64": np.int64, "BOOL": np.bool_}
+_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "U8": np.uint8, "I8": np.int8, "I16": np.int16,
+           "I32": np.int32, "I64": np.int64, "BOOL": np.bool_}
 _MAX_HEADER = 1 << 28
 
 
 class SearchIndexError(RuntimeError):
     """An index is missing, unreadable, or does not belong to the model at hand."""
+
+
+class ManifestUnreadable(SearchIndexError):
+    """manifest.json exists but is not valid JSON (indexing rebuilds it from the shards)."""
 
 
 def shard_dir(index_dir: str) -> str:
@@ -74,8 +79,10 @@ class Shard:
             self._specs = header
             for name, spec in header.items():
                 begin, end = spec["data_offsets"]
-                if spec["dtype"] not in _DTYPES or self._data_start + end > size:
-                    raise ValueError(f"tensor {name} ({spec['dtype']}, bytes {begin}-{end}) does not fit the file")
+                if spec["dtype"] not in _DTYPES:
+                    raise ValueError(f"tensor {name} has an unsupported dtype {spec['dtype']}")
+                if self._data_start + end > size:
+                    raise ValueError(f"tensor {name} (bytes {begin}-{end}) runs past the end of the file: truncated?")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SearchIndexError(f"cannot read index shard {path}: {exc}") from exc
         self._maps: Dict[str, np.ndarray] = {}
@@ -129,7 +136,7 @@ def read_manifest(index_dir: str) -> dict:
         with open(path) as f:
             manifest = json.load(f)
     except (OSError, ValueError) as exc:
-        raise SearchIndexError(f"cannot read {path}: {exc}. Re-run `python -m tvr.search index` on {index_dir} "
+        raise ManifestUnreadable(f"cannot read {path}: {exc}. Re-run `python -m tvr.search index` on {index_dir} "
                                f"to rebuild it from the shards.") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SearchIndexError(f"{path} is not a search index manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
