@@ -10,7 +10,7 @@ from tvr.search import ann
 from tvr.search.synthetic import CorpusSpec, SyntheticCorpus
 
 SPEC = CorpusSpec(dim=64, frames=6, expansion=2, query_tokens=16, topics=16, concepts=256, seed=3)
-N_VIDEOS = 3000
+N_VIDEOS = 2000
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def corpus():
 def built(corpus):
     _, f, fm, v, vm = corpus
     sample = np.concatenate([f[fm], v[vm]]).astype(np.float32)
-    quant = ann.train_quantizer(sample[ann.sample_rows(len(sample), 20000, 0)],
+    quant = ann.train_quantizer(sample[ann.sample_rows(len(sample), 10000, 0)],
                                 ann.AnnBuildConfig(pq_m=16, kmeans_iters=8), total_tokens=len(sample))
     half = N_VIDEOS // 2
     parts = [ann.encode_videos(quant, np.arange(a, b), [(f[a:b], fm[a:b]), (v[a:b], vm[a:b])])
