@@ -24,6 +24,7 @@ from tvr.dataloaders.base import get_reader
 from tvr.dataloaders.probe import UndecodableVideosError, check_eval_videos
 from tvr.dataloaders.synthetic import load_temporal_queries, temporal_metrics
 from tvr.engine.evaluate import evaluate, log_results, results_summary
+from tvr.engine.examples import save_examples
 from tvr.engine.model_io import build_model, stored_config
 from tvr.engine.trainer import BEST, TrainOptions, fit, prepare_output_dir
 from tvr.options import explicit_flags, parse_args
@@ -174,6 +175,8 @@ def run(args, argv, runtime) -> dict:
             if temporal is not None:
                 summary["temporal"] = temporal_metrics(sim, test_data.query_to_video, test_data.video_ids, temporal)
                 logger.info("test temporal hard queries: %s", summary["temporal"])
+            if args.save_examples:
+                save_examples(model, test_data, sim, run_cfg.data, os.path.join(args.output_dir, "examples"), args.save_examples)
             summary["checkpoint"] = os.path.abspath(evaluated) if evaluated else "untrained model (no --init_model)"
             summary["versions"] = package_versions()
             write_eval_results(summary, args.output_dir)

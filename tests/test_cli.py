@@ -293,3 +293,23 @@ def test_an_undecodable_test_video_stops_the_run_before_training(dataset, tmp_pa
     assert not list(out.glob("*.pth"))
     main_module.main(args + ["--allow_decode_errors", "1"])  # scored as never retrieved instead
     assert victim.stem in json.loads((out / "eval_results.json").read_text())["failed_videos"]
+
+
+def test_pick_examples_hand_computed():
+    from tvr.engine.examples import pick_examples
+
+    sim = torch.tensor([[0.9, 0.1, 0.2],   # hit, margin 0.7
+                        [0.5, 0.4, 0.3],   # miss: ground truth ranked 2nd
+                        [0.8, 0.7, 0.1],   # miss: ranked 3rd (worst)
+                        [0.2, 0.1, 0.6]])  # hit, margin 0.4
+    q2v = torch.tensor([0, 1, 2, 2])
+    assert pick_examples(sim, q2v, 1) == [("hit", 0), ("miss", 2)]
+    assert pick_examples(sim, q2v, 5) == [("hit", 0), ("hit", 3), ("miss", 2), ("miss", 1)]
+
+
+def test_save_examples_draws_hits_and_misses(dataset, trained, tmp_path):
+    out, _ = trained
+    evaluate_checkpoint(dataset, tmp_path / "ex", out / "best.pth", "--save_examples", "1")
+    pictures = sorted(p.name for p in (tmp_path / "ex" / "examples").glob("*.png"))
+    assert [p.split("_")[0] for p in pictures] in (["hit", "miss"], ["hit"], ["miss"])
+    assert all((tmp_path / "ex" / "examples" / p).stat().st_size > 10_000 for p in pictures)

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init_bias", type=float, default=-10.0, help="initial sigmoid-loss bias of each branch")
     g.add_argument("--sim_chunk_size", type=int, default=256, help="videos scored per chunk at evaluation (bounds memory)")
     _add_switch(g, "--dsl", "dual-softmax re-ranking of the similarity matrix at evaluation")
+    g.add_argument("--save_examples", type=int, default=0, help="after testing, draw N best hits and N worst misses as explanation pictures in OUTPUT_DIR/examples")
     return p
 
 
