@@ -22,8 +22,7 @@ from tvr.config import RunConfig, reconcile_with_checkpoint
 from tvr.dataloaders import build_eval_dataset, build_train_dataset, check_annotation_files
 from tvr.dataloaders.base import get_reader
 from tvr.dataloaders.probe import UndecodableVideosError, check_eval_videos
-from tvr.dataloaders.synthetic import load_temporal_queries, temporal_metrics
-from tvr.engine.evaluate import evaluate, log_results, results_summary
+from tvr.engine.evaluate import evaluate, load_temporal_queries, log_results, results_summary, temporal_metrics
 from tvr.engine.examples import save_examples
 from tvr.engine.model_io import build_model, stored_config
 from tvr.engine.trainer import BEST, TrainOptions, fit, prepare_output_dir

@@ -10,8 +10,9 @@ import pytest
 
 from tvr.dataloaders import DataConfig, build_eval_dataset
 from tvr.dataloaders.base import RetrievalSplit
-from tvr.dataloaders.synthetic import (COLOURS, DIRECTIONS, OPPOSITE, SHAPES, captions_for, generate,
-                                       load_temporal_queries, main, make_specs, render_frames, temporal_metrics)
+from tvr.dataloaders.synthetic import (COLOURS, DIRECTIONS, OPPOSITE, SHAPES, captions_for, generate, main,
+                                       make_specs, render_frames)
+from tvr.engine.evaluate import load_temporal_queries, temporal_metrics
 from tvr.dataloaders.video_reader import read_frames
 
 NUM_TRAIN, NUM_TEST = 14, 10

@@ -284,45 +284,6 @@ def generate(output_dir: str, num_train: int = 1000, num_test: int = 200, seed: 
 
 
 # ------------------------------------------------------------------------- temporal evaluation
-def load_temporal_queries(anno_path: str) -> dict | None:
-    """anno_path/temporal_queries.json, or None when absent (every real dataset)."""
-    path = os.path.join(anno_path, "temporal_queries.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def temporal_metrics(sim, query_to_video, video_ids: list[str], temporal: dict) -> dict:
-    """Scores on the temporal hard queries (percent).
-
-    sim: Nq x Nv similarity (rows = evaluation queries); query_to_video: Nq; video_ids: Nv.
-    temporal_R1: R@1 over the temporal queries, a tie with another video counting as a miss.
-    twin_accuracy: how often a temporal query scores its own video strictly above its twin
-    (50 = blind to time; a frame-only model sits there).
-    """
-    import torch
-
-    sim = torch.as_tensor(sim, dtype=torch.float64)
-    q2v = torch.as_tensor(query_to_video).long()
-    column = {v: i for i, v in enumerate(video_ids)}
-    twin = {}
-    for p in temporal["pairs"]:
-        twin[column[p["video_id"]]] = column[p["twin"]]
-        twin[column[p["twin"]]] = column[p["video_id"]]
-    hits = wins = 0
-    queries = temporal["query_indices"]
-    for q in queries:
-        gt = int(q2v[q])
-        row = sim[q]
-        others = torch.cat([row[:gt], row[gt + 1:]])
-        hits += bool(row[gt] > others.max())
-        wins += bool(row[gt] > row[twin[gt]])
-    n = max(1, len(queries))
-    return {"temporal_R1": 100.0 * hits / n, "twin_accuracy": 100.0 * wins / n,
-            "num_temporal_queries": len(queries)}
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

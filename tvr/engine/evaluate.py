@@ -4,10 +4,12 @@ Each rank encodes a contiguous slice of the texts and of the videos, all ranks g
 tokens, and each scores only its own texts against all videos; rank 0 alone receives the rows.
 No rank computes the full similarity matrix alone.
 """
+import json
 import logging
+import os
 import time
-from contextlib import contextmanager, nullcontext
-from typing import Dict, Optional
+from contextlib import contextmanager
+from typing import Dict, List, Optional
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -136,3 +138,42 @@ def results_summary(results: dict, digits: int = 2) -> dict:
 def log_results(split: str, results: dict) -> None:
     for direction in ("t2v", "v2t"):
         logger.info("%s %s", split, format_metrics(direction, results[direction]))
+
+
+# ---- the synthetic set's temporal hard queries ----------------------------------------------------
+
+def load_temporal_queries(anno_path: str) -> Optional[dict]:
+    """anno_path/temporal_queries.json (written by tvr.dataloaders.synthetic), or None when absent (every real dataset)."""
+    path = os.path.join(anno_path, "temporal_queries.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def temporal_metrics(sim, query_to_video, video_ids: List[str], temporal: dict) -> dict:
+    """Scores on the synthetic set's temporal hard queries (percent), rounded for people.
+
+    sim: Nq x Nv similarity (rows = evaluation queries); query_to_video: Nq; video_ids: Nv.
+    temporal_R1: R@1 over the temporal queries, a tie with another video counting as a miss.
+    twin_accuracy: how often a temporal query scores its own video strictly above its twin
+    (50 = blind to time; a frame-only model sits there).
+    """
+    sim = torch.as_tensor(sim, dtype=torch.float64)
+    q2v = torch.as_tensor(query_to_video).long()
+    column = {v: i for i, v in enumerate(video_ids)}
+    twin = {}
+    for p in temporal["pairs"]:
+        twin[column[p["video_id"]]] = column[p["twin"]]
+        twin[column[p["twin"]]] = column[p["video_id"]]
+    hits = wins = 0
+    queries = temporal["query_indices"]
+    for q in queries:
+        gt = int(q2v[q])
+        row = sim[q]
+        others = torch.cat([row[:gt], row[gt + 1:]])
+        hits += bool(row[gt] > others.max())
+        wins += bool(row[gt] > row[twin[gt]])
+    n = max(1, len(queries))
+    return {"temporal_R1": round(100.0 * hits / n, 2), "twin_accuracy": round(100.0 * wins / n, 2),
+            "num_temporal_queries": len(queries)}
