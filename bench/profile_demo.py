@@ -5,9 +5,10 @@
     python bench/profile_demo.py --generate /tmp/synthetic_gen   # also time generating the dataset
 
 Everything after `--` is passed to main.py on top of the synthetic recipe's flags (configs/synthetic.sh as of
-writing: scratch:tiny, 6 frames, 32 words, batch 64, 8 epochs, 1 loader worker). Stages are
-inclusive times of the functions that do the work, so they overlap where one calls another (data waits and the train step are both inside "train epochs"). With
---workers >= 1 decoding runs in a worker process: the main process only sees the wait for the next batch.
+writing: scratch:tiny, 6 frames, 32 words, batch 64, 8 epochs, 1 loader worker). Stages are inclusive times
+of the functions that do the work, so they overlap where one calls another (data waits and the train step are
+both inside "train epochs"). With --workers >= 1 decoding runs in a worker process: the main process only sees
+the wait for the next batch.
 """
 import argparse
 import cProfile
