@@ -243,8 +243,14 @@ def test_sequential_only_when_it_decodes_about_as_much():
     assert not video_reader.prefer_sequential(idx, range(0, 5400, 250))
 
 
-def test_sequential_falls_back_to_seeking_when_opencv_runs_short(reference, monkeypatch):
-    monkeypatch.setattr(video_reader, "_opencv_grab", lambda *args: [])
+@pytest.mark.parametrize("failure", ["runs short", "raises"])
+def test_sequential_falls_back_to_seeking_when_opencv_fails(reference, monkeypatch, failure):
+    def grab(*args):
+        if failure == "raises":
+            raise RuntimeError("OpenCV cannot open the file")
+        return []
+
+    monkeypatch.setattr(video_reader, "_opencv_grab", grab)
     ref, _ = reference(CARPHONE)
     out = read_frames(CARPHONE, lambda n, fps: sample_frame_indices(n, fps, 1.0, 12, 2))
     assert out.backend == "decord" and not out.sequential

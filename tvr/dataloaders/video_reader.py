@@ -200,8 +200,9 @@ def probe_frame_size(path: str) -> tuple[int, int] | None:
                         f.seek(lo + 8)
                         track["video"] = f.read(4) == b"vide"
                     elif kind == b"stsd":
-                        f.seek(lo + 8)  # version/flags, entry count; then the first sample entry
-                        f.seek(lo + 8 + 8 + 24)  # its box header, then 24 bytes before width/height
+                        # version/flags and entry count, the first sample entry's box header, then
+                        # 24 bytes of a visual sample entry before its width and height
+                        f.seek(lo + 8 + 8 + 24)
                         width, height = struct.unpack(">HH", f.read(4))
                         track["size"] = (height, width) if width and height else None
 
@@ -240,7 +241,11 @@ def _read_decord(path: str, index_fn: IndexFn, num_threads: int, decode_size: Si
     if len(indices) == 0:
         raise RuntimeError("decord found no frames")
     if sequential and prefer_sequential(indices, vr.get_key_indices()):
-        frames = _opencv_grab(path, indices, num_threads)
+        try:
+            frames = _opencv_grab(path, indices, num_threads)
+        except Exception as exc:  # OpenCV cannot read what decord can: let decord seek
+            logger.debug("OpenCV front-to-back decoding of %s failed (%s); decord seeks instead", path, exc)
+            frames = []
         if frames:  # else OpenCV ran out of frames early: let decord seek instead
             return DecodedFrames(np.stack(frames), indices, num_frames, fps, "opencv", sequential=True)
     frames = vr.get_batch(indices.tolist()).asnumpy()
