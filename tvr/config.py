@@ -22,7 +22,7 @@ CHECKPOINT_FORMAT = 2
 # other field is compared, so a setting added later is protected by default.
 RESUME_MAY_DIFFER = frozenset({
     "data.anno_path", "data.video_path", "data.decode_threads", "data.allow_decode_errors",
-    "data.drop_missing_videos", "model.sim_chunk_size", "model.pretrained", "model.tokenizer",
+    "data.drop_missing_videos", "data.cache_frames", "model.sim_chunk_size", "model.pretrained", "model.tokenizer",
 })
 
 
