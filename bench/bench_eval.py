@@ -88,7 +88,7 @@ def premade_tokens(nq, nv, lq, frames, expansion, dim, seed=0):
 def lookup_model(text: TokenSet, videos, sim_chunk_size, device, score_memory: list):
     """scratch:tiny VideoColBERT whose encoders look up pre-made tokens; scoring is the real method,
     wrapped to measure its working memory."""
-    model = build_model(ModelConfig(base_encoder="scratch:tiny", sim_chunk_size=sim_chunk_size), load_weights=False)
+    model = build_model(ModelConfig(base_encoder="scratch:tiny", sim_chunk_size=sim_chunk_size or None), load_weights=False)
     model = model.to(device)
     text = TokenSet(text.tokens.to(device), text.mask.to(device))
     videos = {k: TokenSet(v.tokens.to(device), v.mask.to(device)) for k, v in videos.items()}
@@ -180,7 +180,7 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=12, help="frames per video (--max_frames)")
     p.add_argument("--expansion", type=int, default=2, help="visual expansion tokens")
     p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--sim_chunk_size", type=int, default=256, help="videos per scoring chunk (main.py's default)")
+    p.add_argument("--sim_chunk_size", type=int, default=256, help="videos per scoring chunk (main.py's default; 0: automatic)")
     p.add_argument("--batch_size_val", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="real: loader workers")
     p.add_argument("--repeats", type=int, default=1)
