@@ -31,6 +31,7 @@ OPTIONAL=()
 "${LAUNCH[@]}" main.py --do_train 1 --do_eval 1 "${COMMON_FLAGS[@]}" --output_dir "$OUTPUT_DIR" \
   --max_words "$MAX_WORDS" --max_frames "$MAX_FRAMES" --video_framerate "$VIDEO_FRAMERATE" --base_encoder "$BASE_ENCODER" --loss "$LOSS" --epochs "$EPOCHS" --batch_size "$BATCH_SIZE" \
   --lr "$LR" --coef_lr "$COEF_LR" --seed "$SEED" --resume "$RESUME" --overwrite "$OVERWRITE" \
+  --cache_frames "${CACHE_FRAMES:-0}" \
   ${OPTIONAL[@]+"${OPTIONAL[@]}"} $EXTRA_ARGS
 
 echo "Metrics: $OUTPUT_DIR/eval_results.json"

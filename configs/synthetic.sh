@@ -15,3 +15,4 @@
 : "${MAX_FRAMES:=6}"
 : "${VIDEO_FRAMERATE:=1}"
 : "${WORKERS:=1}"
+: "${CACHE_FRAMES:=1}"  # decode each tiny video once per run, not once per epoch (same metrics)
