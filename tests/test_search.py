@@ -23,7 +23,7 @@ from tvr.engine.evaluate import evaluate
 from tvr.engine.model_io import checkpoint_payload, load_trained_model
 from tvr.search.__main__ import main as search_main
 from tvr.search.index import IndexOptions, build_index
-from tvr.search.query import Searcher
+from tvr.search.query import Searcher, best_frame
 from tvr.search.store import IndexReader, SearchIndexError, Shard, list_shards, read_manifest
 from tvr.search.videos import VideoLoader
 from tvr.utils.checkpoint import atomic_save
@@ -131,6 +131,13 @@ def test_exhaustive_ranks_equal_evaluation(checkpoint, index_dir):
     ours = total[:, cols]
     torch.testing.assert_close(ours, sim.float(), atol=2e-3, rtol=0)
     assert torch.equal(ours.argsort(dim=1, descending=True), sim.argsort(dim=1, descending=True))
+    # each branch against the model's own scoring of the evaluation loader's videos
+    with torch.no_grad():
+        items = [data.videos[i] for i in range(3)]
+        ref = model.branch_scores(text, model.encode_video(torch.stack([it["video"] for it in items]),
+                                                           torch.stack([it["video_mask"] for it in items])))
+    for b in ref:
+        torch.testing.assert_close(scores[b][:, cols[:3]], ref[b], atol=2e-3, rtol=0)
     # and search() returns the same order over the whole index, with the per-branch split
     results = searcher.search(data.captions[:3], top=len(keys))
     for qi, res in enumerate(results):
@@ -157,6 +164,30 @@ def test_query_cli_table_and_json(index_dir, tmp_path, capsys):
     assert search_main(["query", "--index", index_dir, "a red circle", "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "rank" in out and "s_frame" in out and "best_time" in out and out.count(".avi") == 2
+
+
+def test_best_frame_counts_votes_not_mean_similarity():
+    """Hand-made case: two query tokens pick frame 0 exactly, three lean to frame 1 (0.6) and
+    nearly as much to frame 2 (0.59). Frame 0 has the best mean similarity (0.4 vs 0.36), but
+    frame 1 gets the most votes; the padded frame 3 would beat everything if it were read."""
+    e = torch.eye(5)
+    lean = 0.6 * e[1] + 0.59 * e[2] + (1 - 0.6 ** 2 - 0.59 ** 2) ** 0.5 * e[4]
+    q = torch.stack([e[0], e[0], lean, lean, lean])
+    frames = torch.stack([e[0], e[1], e[2], 10 * lean])
+    assert best_frame(q, frames, torch.tensor([1, 1, 1, 0])) == 1
+    assert best_frame(q[:2], frames, torch.tensor([1, 1, 1, 0])) == 0
+    assert best_frame(q, frames, torch.tensor([1, 0, 0, 0])) == 0
+    assert best_frame(q, frames, torch.zeros(4)) is None
+
+
+def test_fetch_returns_the_requested_rows_across_shards(index_dir):
+    reader = IndexReader(index_dir)
+    everything = reader.fetch(np.arange(len(reader)))
+    rows = np.random.default_rng(0).permutation(len(reader))[:9]
+    assert len({reader.entries[r].shard for r in rows}) > 1
+    some = reader.fetch(rows)
+    for a, b in zip(some, everything):
+        assert torch.equal(a.tokens, b.tokens[rows]) and torch.equal(a.mask, b.mask[rows])
 
 
 def test_best_time_is_the_frame_most_query_tokens_pick(index_dir):

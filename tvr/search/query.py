@@ -140,15 +140,23 @@ class Searcher:
         q = query.tokens[query.mask.bool()]  # n x D
         out = []
         for i, r in enumerate(rows):
-            frame_mask = batch.mask[i, :num_frames]  # T
-            if not frame_mask.any():
-                out.append(None)
-                continue
-            sim = q @ batch.tokens[i, :num_frames].t()  # n x T
-            sim[:, ~frame_mask] = -float("inf")
-            votes = torch.bincount(sim.argmax(dim=1), minlength=num_frames)
-            out.append(float(self.reader.timestamps(int(r))[int(votes.argmax())]))
+            frame = best_frame(q, batch.tokens[i, :num_frames], batch.mask[i, :num_frames])
+            out.append(None if frame is None else float(self.reader.timestamps(int(r))[frame]))
         return out
+
+
+def best_frame(q: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> Optional[int]:
+    """The real frame that most query tokens (q: n x D) take as their maximum; ties: the earliest.
+
+    frames: T x D, frame_mask: T. None when the video has no real frame.
+    """
+    frame_mask = frame_mask.bool()
+    if not frame_mask.any():
+        return None
+    sim = q @ frames.t()  # n x T
+    sim[:, ~frame_mask] = -float("inf")
+    votes = torch.bincount(sim.argmax(dim=1), minlength=frames.shape[0])  # T
+    return int(votes.argmax())
 
 
 def _top_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
