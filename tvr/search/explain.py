@@ -128,7 +128,8 @@ def save_explanation(model, query: Query, video: torch.Tensor, video_mask: torch
     fig_h = min(40.0, 1.6 + 0.24 * n_rows + (1.1 if thumbnails is not None else 0.0))
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     strip_h = 1.1 / fig_h if thumbnails is not None else 0.0
-    gs = GridSpec(2, len(views) + 1, figure=fig, width_ratios=widths + [0.25], top=1 - 0.75 / fig_h,
+    gs = GridSpec(2, len(views) + 1, figure=fig, width_ratios=widths + [0.25], top=1 - 0.95 / fig_h,
+                  bottom=0.65 / fig_h, left=min(0.2, 1.3 / fig_w), right=1 - 0.9 / fig_w,
                   height_ratios=[strip_h, 1 - strip_h] if thumbnails is not None else [0.001, 1], wspace=0.08, hspace=0.04)
     vmin = min(float(v.sim.min()) for v in views)
     vmax = max(float(v.sim.max()) for v in views)
