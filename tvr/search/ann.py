@@ -66,9 +66,6 @@ class SearchResult(NamedTuple):
     num_candidates: int  # videos reached by the probed lists (stage 1)
 
 
-FAST_ASSIGN_NLIST = 1024
-
-
 def default_nlist(num_tokens: int) -> int:
     """A power of two near 2 * sqrt(tokens), between 16 and 65536."""
     target = 2.0 * math.sqrt(max(num_tokens, 1))
@@ -95,25 +92,16 @@ class Quantizer:
         self._centroids_t = torch.from_numpy(self.centroids)
         self._codebook_t = torch.from_numpy(self.codebook)
 
-    def assign(self, x: np.ndarray) -> np.ndarray:
-        """n x D -> n nearest centroid ids (int32).
-
-        Beyond FAST_ASSIGN_NLIST centroids the search itself goes through a small IVF over the
-        centroids (the nearest centroid of a few of its groups): most tokens still get their exact
-        nearest centroid, the rest a close one, whose residual is coded all the same.
-        """
+    def assign(self, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        """n x D -> n nearest centroid ids (int32), by exhaustive search (one BLAS product per chunk)."""
         if self._coarse is None:
-            faiss = _faiss()
-            if self.nlist > FAST_ASSIGN_NLIST:
-                groups = int(math.sqrt(self.nlist))
-                self._coarse = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim), self.dim, groups)
-                self._coarse.cp.seed = 1
-                self._coarse.train(self.centroids)
-                self._coarse.nprobe = max(8, groups // 8)
-            else:
-                self._coarse = faiss.IndexFlatL2(self.dim)
+            self._coarse = _faiss().IndexFlatL2(self.dim)
             self._coarse.add(self.centroids)
-        return self._coarse.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0].astype(np.int32)
+        out = np.empty(len(x), np.int32)
+        for a in range(0, len(x), chunk):
+            part = np.ascontiguousarray(x[a:a + chunk], dtype=np.float32)
+            out[a:a + chunk] = self._coarse.search(part, 1)[1][:, 0]
+        return out
 
     def encode(self, x: np.ndarray, lists: np.ndarray, chunk: int = 65536) -> np.ndarray:
         """PQ codes (n x m uint8) of the residuals x - centroid: nearest codeword per sub-vector.

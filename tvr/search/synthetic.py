@@ -34,6 +34,9 @@ class CorpusSpec:
     concepts: int = 4096
     zipf: float = 1.1  # concept popularity exponent
     function_words: int = 300
+    # Noise (frame-to-frame and token-to-token variation) spans this many directions; 0: all of
+    # them (isotropic). Real embeddings vary along far fewer directions than they have dimensions.
+    noise_rank: int = 0
     seed: int = 0
 
     @property
@@ -61,6 +64,15 @@ class SyntheticCorpus:
         self.popularity = rng.permutation(popularity / popularity.sum())
         self.expansion_dirs = _unit(rng.standard_normal((s.expansion, d)))
         self.function_vecs = _unit(rng.standard_normal((s.function_words, d)))
+        self.noise_basis = (np.linalg.qr(rng.standard_normal((d, s.noise_rank)))[0].astype(np.float32)
+                            if s.noise_rank else None)  # D x rank, orthonormal columns
+
+    def _noise(self, rng, shape, dtype=np.float32) -> np.ndarray:
+        """Unit noise vectors of shape (..., D): isotropic, or inside the noise subspace."""
+        if self.noise_basis is None:
+            return _unit(rng.standard_normal(tuple(shape) + (self.spec.dim,), dtype=dtype))
+        z = rng.standard_normal(tuple(shape) + (self.spec.noise_rank,), dtype=dtype)
+        return _unit(z @ self.noise_basis.T)
 
     # ---- videos ----------------------------------------------------------------------------
     def _layout(self, b: int) -> dict:
@@ -86,15 +98,15 @@ class SyntheticCorpus:
         j = np.arange(t)[None, :]
         scene_of_frame = np.minimum(j * num_scenes[:, None] // num_frames[:, None], 3)  # n x T
         concept_of_frame = np.take_along_axis(lay["scenes"], scene_of_frame, axis=1)  # n x T
-        noise = _unit(rng.standard_normal((n, t, d), dtype=np.float32))
+        noise = self._noise(rng, (n, t))
         frames = _unit(0.9 * self.img_mean + self.concepts[concept_of_frame] + 0.35 * style[:, None]
                        + 0.45 * noise).astype(np.float32)  # n x T x D
         frame_mask = j < num_frames[:, None]  # n x T
         frames[~frame_mask] = 0
         mean = _unit(frames.sum(1))  # n x D
-        noise = _unit(rng.standard_normal((n, t, d), dtype=np.float32))
+        noise = self._noise(rng, (n, t))
         context = _unit(frames + 0.5 * mean[:, None] + 0.3 * noise)  # n x T x D
-        noise = _unit(rng.standard_normal((n, s.expansion, d), dtype=np.float32))
+        noise = self._noise(rng, (n, s.expansion))
         extra = _unit(mean[:, None] + 0.5 * self.expansion_dirs[None] + 0.3 * noise)  # n x E x D
         video = np.concatenate([context, extra], axis=1).astype(np.float32)  # n x (T+E) x D
         video_mask = np.concatenate([frame_mask, np.ones((n, s.expansion), bool)], axis=1)
@@ -125,13 +137,13 @@ class SyntheticCorpus:
             words = int(rng.integers(6, 15))
             n_content = int(rng.integers(2, 6))
             content = _unit(0.9 * self.txt_mean + self.concepts[rng.choice(scenes, n_content)]
-                            + 0.5 * layout["style"][r] + 0.6 * _unit(rng.standard_normal((n_content, s.dim))))
+                            + 0.5 * layout["style"][r] + 0.6 * self._noise(rng, (n_content,), np.float64))
             function = _unit(self.txt_mean + self.function_vecs[rng.integers(0, s.function_words, words - n_content)]
-                             + 0.3 * _unit(rng.standard_normal((words - n_content, s.dim))))
+                             + 0.3 * self._noise(rng, (words - n_content,), np.float64))
             body = np.concatenate([content, function])[rng.permutation(words)]
             sentence = content.mean(0)
             n_pad = s.query_tokens - words - 1  # SOT + words + EOT + padding
-            tail = _unit(self.txt_mean + sentence + 0.5 * _unit(rng.standard_normal((n_pad, s.dim))))
+            tail = _unit(self.txt_mean + sentence + 0.5 * self._noise(rng, (n_pad,), np.float64))
             sot = _unit(self.txt_mean + 0.2 * self.function_vecs[0])
             out[qi] = np.concatenate([sot[None], body, tail])[: s.query_tokens]
         return out
