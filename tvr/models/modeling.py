@@ -165,9 +165,13 @@ class VideoColBERT(nn.Module):
         }
 
     def similarity(self, text: TokenSet, videos: Dict[str, TokenSet]) -> torch.Tensor:
-        """Evaluation score: the plain sum of the branch scores (no temperature, no bias)."""
-        scores = self.branch_scores(text, videos, chunk_size=self.config.sim_chunk_size)
-        return torch.stack(list(scores.values())).sum(0)
+        """Evaluation score: the plain sum of the branch scores (no temperature, no bias). Branches are
+        scored one at a time and added in place: one Nq x Nv matrix besides the result, not four."""
+        total = None
+        for name, video in videos.items():
+            score = self.branch_scores(text, {name: video}, chunk_size=self.config.sim_chunk_size)[name]
+            total = score if total is None else total.add_(score)
+        return total
 
     # ---- training -------------------------------------------------------------------------
     def forward(self, text_ids, text_mask, video, video_mask):
