@@ -100,7 +100,23 @@ def exhaustive_top(arrays, queries: torch.Tensor, k: int, chunk: int = 4096):
 
 
 def peak_rss_gib() -> float:
+    """Peak resident set, memory-mapped corpus pages included (they are file-backed and reclaimable)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+_ANON_PEAK = [0.0]
+
+
+def anon_gib() -> float:
+    """Resident anonymous memory now (what the process itself allocated; no file pages), tracking its
+    largest value seen at the sampling points (after every build shard and every query setting)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                value = int(line.split()[1]) / 1024 ** 2
+                _ANON_PEAK[0] = max(_ANON_PEAK[0], value)
+                return value
+    return float("nan")
 
 
 def build(arrays, folder: str, cfg: ann.AnnBuildConfig, shard: int):
@@ -121,6 +137,7 @@ def build(arrays, folder: str, cfg: ann.AnnBuildConfig, shard: int):
         part = ann.encode_videos(quant, np.arange(a, b), [(arrays["frames"][a:b], arrays["frame_mask"][a:b]),
                                                           (arrays["video"][a:b], arrays["video_mask"][a:b])])
         parts.append(part)
+        anon_gib()
         print(f"  encoded {b}/{n} videos ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     t_build = time.time() - t0
     index = ann.AnnIndex(quant, parts, [arrays["frames"].shape[1], arrays["video"].shape[1]])
@@ -180,6 +197,7 @@ def main(argv=None):
             faiss.omp_set_num_threads(max(threads))
             index, t_train, t_build = build(arrays, folder, cfg, args.shard)
             build_rss = peak_rss_gib()
+            anon_gib()
             np.savez(cache, centroids=index.quantizer.centroids, codebook=index.quantizer.codebook, vids=index.vids,
                      lists=index.lists, codes=index.codes, train_s=t_train, build_s=t_build, build_rss=build_rss)
         fetch = fetch_fn(arrays)
@@ -211,6 +229,7 @@ def main(argv=None):
                 "index_bytes_per_video": index.nbytes() / n,
                 "train_s": t_train, "build_s": t_build,
                 "build_peak_rss_gib": build_rss, "peak_rss_gib": peak_rss_gib(),
+                "anon_now_gib": anon_gib(), "anon_peak_sampled_gib": _ANON_PEAK[0],
                 "load_average": os.getloadavg()[0],
             }
             print(json.dumps(result), flush=True)

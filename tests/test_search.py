@@ -299,6 +299,11 @@ def test_ann_search_through_the_index(dataset, checkpoint, tmp_path, capsys):
     capsys.readouterr()
     assert search_main(["query", "--index", out, "--ann", "--json", "--top", "15", "a red circle"]) == 0
     assert names[15] in {r["video"] for r in json.loads(capsys.readouterr().out)["results"]}
+    assert search_main(["index", "--checkpoint", checkpoint, "--videos", str(videos), "--out", out, "--workers", "0",
+                        "--ann", "0"]) == 0
+    assert read_manifest(out)["ann"] is None and not os.path.exists(os.path.join(out, "ann"))
+    assert search_main(["query", "--index", out, "--ann", "1", "a red circle"]) == 2
+    assert "no ANN data" in capsys.readouterr().err
 
 
 # ---- bad input ----------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ logger = logging.getLogger("tvr.search")
 
 
 def _index_parser(sub) -> None:
-    p = sub.add_parser("index", help="encode every video under a folder into an index (resumable, incremental)")
+    p = sub.add_parser("index", help="encode every video under a folder into an index (resumable, incremental)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="trained checkpoint (best.pth / last.pth / epochN.pth)")
     p.add_argument("--videos", required=True, help="folder of videos, searched recursively")
     p.add_argument("--out", required=True, help="index folder (created, or updated when it exists)")
@@ -38,7 +39,7 @@ def _index_parser(sub) -> None:
 
 
 def _query_parser(sub) -> None:
-    p = sub.add_parser("query", help="search an index with text")
+    p = sub.add_parser("query", help="search an index with text", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("query", nargs="?", help="the text to search for")
     p.add_argument("--index", required=True, help="index folder written by `index`")
     p.add_argument("--queries", help="file with one query per line (instead of / besides the positional query)")
@@ -53,7 +54,7 @@ def _query_parser(sub) -> None:
                    help="candidates from the IVF-PQ index, re-ranked exactly (default: exhaustive)")
     g.add_argument("--nprobe", type=int, default=16, help="centroids probed per query token")
     g.add_argument("--centroid_candidates", type=int, default=4096, help="candidates scored on centroids")
-    g.add_argument("--pq_candidates", type=int, default=1024, help="candidates scored on PQ-decoded tokens")
+    g.add_argument("--pq_candidates", type=int, default=1024, help="candidates scored on centroid + PQ residual")
     g.add_argument("--rerank", type=int, default=256, help="candidates scored exactly on the stored tokens")
 
 
