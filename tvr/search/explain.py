@@ -73,13 +73,23 @@ def explain_tokens(model, ids: torch.Tensor, text_mask: torch.Tensor, video: tor
     return text, videos
 
 
+def thumbnails_from_video(video: torch.Tensor, video_mask: torch.Tensor, mean: Sequence[float],
+                          std: Sequence[float]) -> torch.Tensor:
+    """uint8 frames (n_real x 3 x R x R) back from a normalised video tensor (T x 3 x R x R), for callers
+    such as evaluation that hold only the model's input."""
+    frames = video[video_mask.bool()].float().cpu()  # n x 3 x R x R
+    frames = frames * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    return (frames * 255).round().clamp(0, 255).to(torch.uint8)
+
+
 def save_explanation(model, query: Query, video: torch.Tensor, video_mask: torch.Tensor, timestamps,
                      thumbnails: Optional[torch.Tensor], out_path: str, tokenizer=None, max_words: Optional[int] = None,
                      title: Optional[str] = None, dpi: int = 100) -> Explanation:
     """Draw the explanation of `video` (T x 3 x R x R, mask T) for `query` into a PNG at out_path.
 
     query: a string (tokenized with `tokenizer`, default the model's, to `max_words`) or (ids, mask).
-    timestamps: T seconds; thumbnails: n_real x 3 x h x w uint8 frames (None: no picture strip).
+    timestamps: T seconds, or None (columns are then numbered frames); thumbnails: n_real x 3 x h x w
+    uint8 frames (see thumbnails_from_video), or None for no picture strip.
     """
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
     from matplotlib.gridspec import GridSpec
@@ -102,8 +112,10 @@ def save_explanation(model, query: Query, video: torch.Tensor, video_mask: torch
 
     frame_mask = video_mask.bool().cpu()
     n_real = int(frame_mask.sum())
-    times = [float(t) for t in torch.as_tensor(timestamps)[frame_mask].tolist()]
-    frame_cols = [f"{t:.1f}s" for t in times]
+    if timestamps is None:
+        frame_cols = [f"frame {i + 1}" for i in range(n_real)]
+    else:
+        frame_cols = [f"{float(t):.1f}s" for t in torch.as_tensor(timestamps)[frame_mask].tolist()]
     views = []
     interaction = model.config.interaction
     weights = counted.float() / (counted.sum().clamp(min=1) if interaction == "mms" else 1)
