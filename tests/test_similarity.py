@@ -136,6 +136,27 @@ def test_evaluation_and_autograd_paths_match_reference_across_uneven_chunks(inte
                                rtol=1e-12, atol=1e-12)
 
 
+def test_add_to_sums_branches_in_place():
+    """Two token sets (two branches) summed through add_to equal the sum of the two references; without
+    autograd the given matrix is updated and returned (no other Nq x Nv matrix), with autograd it is not."""
+    q, q_mask, v, v_mask = random_case(5, 4, 7, 3, 6, seed=41)
+    _, _, v2, v2_mask = random_case(5, 4, 7, 5, 6, seed=42)
+    v2_mask[3] = False  # an empty set in the second branch: -inf in the sum
+    expected = naive_reference(q, q_mask, v, v_mask) + naive_reference(q, q_mask, v2, v2_mask)
+    with torch.no_grad():
+        total = mean_max_sim(q, q_mask, v, v_mask, chunk_size=3, q_chunk_size=2)
+        summed = mean_max_sim(q, q_mask, v2, v2_mask, chunk_size=2, q_chunk_size=3, add_to=total)
+    assert summed is total
+    torch.testing.assert_close(summed, expected, rtol=1e-12, atol=1e-12)
+    first = mean_max_sim(q, q_mask, v, v_mask)
+    before = first.clone()
+    grad_sum = mean_max_sim(q.clone().requires_grad_(), q_mask, v2, v2_mask, add_to=first)
+    torch.testing.assert_close(grad_sum.detach(), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(first, before)
+    with pytest.raises(ValueError, match="add_to"):
+        mean_max_sim(q, q_mask, v2, v2_mask, add_to=first[:, :3])
+
+
 def test_automatic_chunks_balance_the_block_within_budget():
     # Budget 2**21: isqrt = 1448 query tokens -> 1448 // 32 = 45 queries; 2**21 // (45 * 32 * 26) = 56
     # videos, rounded down to a multiple of 32: 32; then 2**21 // (32 * 32 * 26) = 78 queries.

@@ -165,12 +165,12 @@ class VideoColBERT(nn.Module):
         }
 
     def similarity(self, text: TokenSet, videos: Dict[str, TokenSet]) -> torch.Tensor:
-        """Evaluation score: the plain sum of the branch scores (no temperature, no bias). Branches are
-        scored one at a time and added in place: one Nq x Nv matrix besides the result, not four."""
+        """Evaluation score: the plain sum of the branch scores (no temperature, no bias), each branch
+        added into the first one's matrix as it is scored: no other Nq x Nv matrix is made."""
         total = None
-        for name, video in videos.items():
-            score = self.branch_scores(text, {name: video}, chunk_size=self.config.sim_chunk_size)[name]
-            total = score if total is None else total.add_(score)
+        for video in videos.values():  # the call branch_scores makes, summing into `total`
+            total = mean_max_sim(text.tokens, text.mask, video.tokens, video.mask, interaction=self.config.interaction,
+                                 chunk_size=self.config.sim_chunk_size, add_to=total)
         return total
 
     # ---- training -------------------------------------------------------------------------

@@ -185,7 +185,8 @@ def _video_chunks(v: torch.Tensor, v_mask: torch.Tensor, c: int):
 def mean_max_sim(q: torch.Tensor, q_mask: torch.Tensor, v: torch.Tensor, v_mask: torch.Tensor,
                  interaction: str = "mms", chunk_size: Optional[int] = None,
                  q_chunk_size: Optional[int] = None,
-                 max_chunk_elements: Optional[int] = None) -> torch.Tensor:
+                 max_chunk_elements: Optional[int] = None,
+                 add_to: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Score every query against every token set.
 
     Args:
@@ -198,16 +199,22 @@ def mean_max_sim(q: torch.Tensor, q_mask: torch.Tensor, v: torch.Tensor, v_mask:
         q_chunk_size: queries per chunk; default chosen from `max_chunk_elements`.
         max_chunk_elements: bound on one similarity block (query tokens x chunk tokens) for the
             automatic sizes; default `default_chunk_elements(q.device)`.
+        add_to: optional Nq x Nv scores (q's dtype and device) to add these scores to, so that
+            branches sum without another Nq x Nv matrix: without autograd it is updated in place
+            and returned; with autograd the sum is a new tensor.
 
     Returns:
-        Nq x Nv scores in q's dtype. Differentiable with respect to q and v; without autograd
-        (torch.no_grad, or inputs that need no gradient) a buffer-reusing path runs instead.
+        Nq x Nv scores in q's dtype (plus `add_to`). Differentiable with respect to q and v; without
+        autograd (torch.no_grad, or inputs that need no gradient) a buffer-reusing path runs instead.
     """
     q_mask, v_mask = _check_inputs(q, q_mask, v, v_mask, interaction)
     nq, lq, d = q.shape
     nv, lv, _ = v.shape
+    if add_to is not None and (tuple(add_to.shape) != (nq, nv) or add_to.dtype != q.dtype or add_to.device != q.device):
+        raise ValueError(f"add_to must be a {nq} x {nv} {q.dtype} tensor on {q.device}, got "
+                         f"{tuple(add_to.shape)} {add_to.dtype} on {add_to.device}")
     if nq == 0 or nv == 0:
-        return q.new_zeros(nq, nv)
+        return q.new_zeros(nq, nv) if add_to is None else add_to
     if max_chunk_elements is None:
         max_chunk_elements = default_chunk_elements(q.device)
     c, qc = resolve_chunk_sizes(nq, lq, nv, lv, chunk_size, q_chunk_size, max_chunk_elements)
@@ -215,8 +222,9 @@ def mean_max_sim(q: torch.Tensor, q_mask: torch.Tensor, v: torch.Tensor, v_mask:
     q_chunks = _query_chunks(q, q_mask, w, qc)
     v_chunks = _video_chunks(v, v_mask, c)
     if torch.is_grad_enabled() and (q.requires_grad or v.requires_grad):
-        return _scores_autograd(q_chunks, v_chunks, w, lq, lv)
-    return _scores_no_grad(q_chunks, v_chunks, w, nq, nv, lq, lv, c)
+        scores = _scores_autograd(q_chunks, v_chunks, w, lq, lv)
+        return scores if add_to is None else add_to + scores
+    return _scores_no_grad(q_chunks, v_chunks, w, nq, nv, lq, lv, c, add_to)
 
 
 def _scores_autograd(q_chunks, v_chunks, w, lq, lv) -> torch.Tensor:
@@ -238,7 +246,7 @@ def _scores_autograd(q_chunks, v_chunks, w, lq, lv) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _scores_no_grad(q_chunks, v_chunks, w, nq, nv, lq, lv, c) -> torch.Tensor:
+def _scores_no_grad(q_chunks, v_chunks, w, nq, nv, lq, lv, c, add_to=None) -> torch.Tensor:
     """The evaluation path: every block is written into buffers allocated once (flat memory, no
     fresh pages per block); the max is one pass, the weighted mean one small matmul."""
     ref = q_chunks[0].tokens
@@ -249,7 +257,7 @@ def _scores_no_grad(q_chunks, v_chunks, w, nq, nv, lq, lv, c) -> torch.Tensor:
     score_buf = ref.new_empty(max_queries * c)
     compacted = any(qch.index is not None for qch in q_chunks)
     weight_buf = ref.new_empty(max_queries * max_tokens) if compacted else None
-    out = ref.new_empty(nq, nv)
+    out = ref.new_empty(nq, nv) if add_to is None else add_to
     for vc in v_chunks:
         cj = vc.count
         for qch in q_chunks:
@@ -267,7 +275,10 @@ def _scores_no_grad(q_chunks, v_chunks, w, nq, nv, lq, lv, c) -> torch.Tensor:
                 torch.mm(weights, mx, out=score)
             if vc.empty is not None:
                 score.masked_fill_(vc.empty.unsqueeze(0), float("-inf"))
-            out[qch.start:qch.start + n_i, vc.start:vc.start + cj] = score
+            if add_to is None:
+                out[qch.start:qch.start + n_i, vc.start:vc.start + cj] = score
+            else:
+                out[qch.start:qch.start + n_i, vc.start:vc.start + cj] += score
     return out
 
 
