@@ -130,7 +130,13 @@ def test_exhaustive_ranks_equal_evaluation(checkpoint, index_dir):
     cols = [keys.index(v + ".avi") for v in data.video_ids]
     ours = total[:, cols]
     torch.testing.assert_close(ours, sim.float(), atol=2e-3, rtol=0)
-    assert torch.equal(ours.argsort(dim=1, descending=True), sim.argsort(dim=1, descending=True))
+    # Same order in every row; only two videos whose evaluation scores are within the float16 storage
+    # error of each other (2e-3) may swap.
+    near_tie = ((sim[:, :, None] - sim[:, None, :]).abs() < 2e-3).sum() > sim.numel()
+    if not near_tie:
+        assert torch.equal(ours.argsort(dim=1, descending=True), sim.argsort(dim=1, descending=True))
+    above = sim[:, :, None] > sim[:, None, :] + 2e-3  # Nq x Nv x Nv: video a clearly above video b
+    assert (ours[:, :, None] > ours[:, None, :])[above].all()
     # each branch against the model's own scoring of the evaluation loader's videos
     with torch.no_grad():
         items = [data.videos[i] for i in range(3)]
