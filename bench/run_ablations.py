@@ -20,8 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The demo recipe's defaults: both branches, mean-max-sim (mms) with query expansion (padding positions are
 # query tokens) and the start token counted, 2 visual expansion tokens, normalized temporal input, dual loss.
 VARIANTS = {
-    "default": ({}, "the demo recipe (configs/synthetic.sh)", ""),
-    "loss_softmax": ({"LOSS": "softmax"}, "symmetric InfoNCE loss", "ours (paper: sigmoid)"),
+    "default": ({}, "the demo recipe (configs/synthetic.sh: softmax loss)", "ours (paper: sigmoid loss)"),
     "loss_sigmoid": ({"LOSS": "sigmoid"}, "the paper's sigmoid loss, loss scalars at --lr", "paper"),
     "loss_sigmoid_llr1e-2": ({"LOSS": "sigmoid", "LOSS_LR": "1e-2"}, "sigmoid, --loss_lr 1e-2", "paper loss; lr ours"),
     "loss_sigmoid_llr5e-2": ({"LOSS": "sigmoid", "LOSS_LR": "5e-2"}, "sigmoid, --loss_lr 5e-2", "paper loss; lr ours"),

@@ -14,5 +14,6 @@
 : "${MAX_WORDS:=32}"
 : "${MAX_FRAMES:=6}"
 : "${VIDEO_FRAMERATE:=1}"
-: "${WORKERS:=1}"
+: "${WORKERS:=0}"      # the frames are cached: batches are cheap to assemble in the main process
 : "${CACHE_FRAMES:=1}"  # decode each tiny video once per run, not once per epoch (same metrics)
+: "${OMP_NUM_THREADS:=2}"  # both cores of a small machine compute (no loader workers to feed)
