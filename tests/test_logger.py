@@ -92,3 +92,16 @@ def test_log_args_sorted_one_per_line(tmp_path):
     assert body == ["batch_size: 128", "dsl: False", "lr: 0.0001", "output_dir: out"]
     log_args({"b": 2, "a": 1})
     assert "a: 1" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_library_warning_on_the_root_logger_is_logged_once_and_doubles_nothing(tmp_path, capsys):
+    """open_clip warns through ``logging.warning``; with no root handler Python would install its own
+    console handler and every later line of ours would be printed twice."""
+    logging.getLogger().handlers[:] = []
+    setup_logging(str(tmp_path), rank=0)
+    logging.warning("No pretrained weights loaded")  # what open_clip does for random weights
+    logging.getLogger("tvr.engine").info("after the library warning")
+    err = capsys.readouterr().err
+    text = (tmp_path / "log.txt").read_text()
+    assert err.count("No pretrained weights loaded") == 1 and text.count("No pretrained weights loaded") == 1
+    assert err.count("after the library warning") == 1 and text.count("after the library warning") == 1

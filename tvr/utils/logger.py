@@ -4,7 +4,10 @@ Rank 0 logs INFO and above to the console and to ``output_dir/log.txt`` (appende
 run continues the same file); other ranks log only WARNING and above, to the console, so a
 multi-process run prints each progress line once.  Library modules just use
 ``logging.getLogger(__name__)`` (names under ``tvr``); ``setup_logging`` attaches the handlers to
-the ``tvr`` logger and the entry point's logger (``__main__`` / ``main``).
+the ``tvr`` logger and the entry point's logger (``__main__`` / ``main``), and to the root logger so
+that libraries' warnings (open_clip, timm) reach the console and ``log.txt`` too. Without a root
+handler, a library calling ``logging.warning`` would make Python install its own default console
+handler, and from then on every line of ours would be printed twice.
 """
 
 from __future__ import annotations
@@ -37,6 +40,21 @@ class _ConsoleHandler(logging.Handler):
             sys.stderr.flush()
         except Exception:  # logging must never crash the run
             self.handleError(record)
+
+
+class _OncePerRecord(logging.Filter):
+    """Our handlers serve our loggers and the root logger: a record of ours reaches them twice (once
+    more as it propagates to the root); let it through the first time only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record is self._last:
+            return False
+        self._last = record
+        return True
 
 
 def _root_prints_to_console() -> bool:
@@ -75,15 +93,17 @@ def setup_logging(output_dir: Optional[str], rank: int = 0,
         handlers.append(file_handler)
     for h in handlers:
         setattr(h, _MARK, True)
+        h.addFilter(_OncePerRecord())
 
-    for name in names:
+    for name in names + [None]:  # None: the root logger (its level, WARNING, is left alone)
         lg = logging.getLogger(name)
         for old in [h for h in lg.handlers if getattr(h, _MARK, False)]:
             lg.removeHandler(old)
             old.close()
         for h in handlers:  # the same handler objects are shared, so log.txt is opened once
             lg.addHandler(h)
-        lg.setLevel(level)
+        if name is not None:
+            lg.setLevel(level)
     return logging.getLogger(names[0])
 
 
