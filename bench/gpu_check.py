@@ -33,6 +33,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEP_LINE = re.compile(r"epoch (\d+) step (\d+)/(\d+) loss .*\| ([\d.]+) samples/s, peak mem (\d+) MB")
 
 
+
+def report(out: dict, path) -> None:
+    """Print the step's figures as JSON, and also write them to ``path`` when one is given."""
+    text = json.dumps(out, indent=1)
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+
 def require_cuda(_args) -> int:
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device is visible to torch (torch.cuda.is_available() is False; "
@@ -96,11 +105,7 @@ def autocast(args) -> int:
                                         "eval_seconds": time.perf_counter() - start}
     for precision in ("fp16", "bf16"):
         out["precisions"][precision].update(compare_scores(sims[precision], sims["fp32"]))
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text)
+    report(out, args.json)
     return 0
 
 
@@ -133,11 +138,7 @@ def train_log(args) -> int:
         with open(eval_json) as f:
             results = json.load(f)
         out["test_t2v"] = results.get("t2v")
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text)
+    report(out, args.json)
     return 0
 
 

@@ -7,8 +7,6 @@ drops or double-counts the other ranks' gradient. The end-to-end float32 compari
 test_e2e.py.
 """
 import os
-import socket
-import time
 from datetime import timedelta
 
 import pytest
@@ -20,6 +18,7 @@ from tvr.models.modeling import ModelConfig, VideoColBERT
 from tvr.models.module_clip import load_clip
 from tvr.models.tokenization_clip import tokenize
 from tvr.utils.optim import build_optimizer, build_param_groups
+from .spawn import free_port, run_spawned
 
 WORLD, BATCH, FRAMES, WORDS = 2, 4, 3, 8  # 2 pairs per rank
 CONFIGS = [("sigmoid", True), ("sigmoid", False), ("softmax", True), ("softmax", False)]
@@ -89,25 +88,10 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("ddp_grads")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    run_spawned(_worker, (free_port(), str(out)), WORLD, TIMEOUT_S)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

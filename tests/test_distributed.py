@@ -2,8 +2,6 @@
 same global batch in one process."""
 
 import os
-import socket
-import time
 from datetime import timedelta
 
 import pytest
@@ -14,6 +12,7 @@ from torch import nn
 from tvr.models.losses import RetrievalLoss
 from tvr.models.similarity import mean_max_sim
 from tvr.utils import distributed as du
+from .spawn import free_port, run_spawned
 
 WORLD = 2
 B, LQ, LV, DIN, D = 6, 4, 5, 6, 8  # global batch 6 -> 3 pairs per rank
@@ -105,24 +104,8 @@ def _worker(rank, port, out_dir, batch):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_workers(out_dir, batch):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir), batch), nprocs=WORLD,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    run_spawned(_worker, (free_port(), str(out_dir), batch), WORLD, TIMEOUT_S)
 
 
 def test_single_process_helpers_are_no_ops():

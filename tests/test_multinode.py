@@ -3,7 +3,6 @@
 0 writes files (both nodes have a local rank 0)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from tvr.dataloaders.synthetic import main as synthetic_main
+from .spawn import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,12 +38,6 @@ SPY = textwrap.dedent("""
         with open(os.path.join({spy_dir!r}, "writes.%d.json" % os.getpid()), "w") as f:
             json.dump({{"env": ranks, "writes": writes}}, f)
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main_args(data, output_dir):

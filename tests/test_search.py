@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from tvr.search.store import IndexReader, SearchIndexError, Shard, list_shards, 
 from tvr.search.videos import VideoLoader
 from tvr.utils.checkpoint import atomic_save
 from tvr.utils.launch import Runtime
+from .spawn import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -258,17 +258,11 @@ def test_incremental_add_change_remove(dataset, checkpoint, tmp_path):
     assert_same_index(out, fresh)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_build_the_one_process_index(dataset, checkpoint, index_dir, tmp_path):
     out = tmp_path / "idx2"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "tvr.search", "index", "--checkpoint", checkpoint,
+           "--master_port", str(free_port()), "-m", "tvr.search", "index", "--checkpoint", checkpoint,
            "--videos", str(dataset / "videos"), "--out", str(out), "--workers", "0", "--batch_size", "2",
            "--shard_size", "3", "--device", "cpu"]
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
