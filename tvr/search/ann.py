@@ -301,14 +301,15 @@ class AnnIndex:
         cent_sim = qv @ self.quantizer._centroids_t.t()  # n x nlist
         rows, est = self._probe(cent_sim, cfg.nprobe)
         num_candidates = len(rows)
+        # Each stage's estimate only decides what the stage keeps: it is computed only when it cuts.
         for keep, score_fn in ((cfg.centroid_candidates, None),
                                (cfg.pq_candidates, lambda r: self._centroid_scores(cent_sim, r)),
                                (cfg.rerank, lambda r: self._pq_scores(qv, cent_sim, r))):
-            if score_fn is not None:
-                est = score_fn(rows)
             if keep and len(rows) > keep:
+                if score_fn is not None:
+                    est = score_fn(rows)
                 best = est.topk(keep).indices.numpy()
-                rows, est = rows[best], est[best]
+                rows = rows[best]
         empty = np.zeros(0, np.float32)
         if not len(rows):
             return SearchResult(np.zeros(0, np.int64), empty, np.zeros((0, self.num_branches), np.float32), 0)
