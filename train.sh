@@ -29,7 +29,7 @@ OPTIONAL=()
 
 # shellcheck disable=SC2086
 "${LAUNCH[@]}" main.py --do_train 1 --do_eval 1 "${COMMON_FLAGS[@]}" --output_dir "$OUTPUT_DIR" \
-  --max_words "$MAX_WORDS" --max_frames "$MAX_FRAMES" --video_framerate "$VIDEO_FRAMERATE" --base_encoder "$BASE_ENCODER" --loss "$LOSS" --epochs "$EPOCHS" --batch_size "$BATCH_SIZE" \
+  --max_words "$MAX_WORDS" --query_expansion "$QUERY_EXPANSION" --max_frames "$MAX_FRAMES" --video_framerate "$VIDEO_FRAMERATE" --base_encoder "$BASE_ENCODER" --loss "$LOSS" --epochs "$EPOCHS" --batch_size "$BATCH_SIZE" \
   --lr "$LR" --coef_lr "$COEF_LR" --seed "$SEED" --resume "$RESUME" --overwrite "$OVERWRITE" \
   --cache_frames "${CACHE_FRAMES:-0}" \
   ${OPTIONAL[@]+"${OPTIONAL[@]}"} $EXTRA_ARGS

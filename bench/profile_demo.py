@@ -5,7 +5,7 @@
     python bench/profile_demo.py --generate /tmp/synthetic_gen   # also time generating the dataset
 
 Everything after `--` is passed to main.py on top of the synthetic recipe's flags (configs/synthetic.sh as of
-writing: scratch:tiny, 6 frames, 32 words, batch 64, 8 epochs, frames cached, no loader workers, 2 threads). Stages are inclusive times
+writing: scratch:tiny, 6 frames, 32 words, query expansion off, batch 64, 8 epochs, frames cached, no loader workers, 2 threads). Stages are inclusive times
 of the functions that do the work, so they overlap where one calls another (data waits and the train step are
 both inside "train epochs"). With --workers >= 1 decoding runs in a worker process: the main process only sees
 the wait for the next batch.
@@ -25,7 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_FLAGS = [
     "--do_train", "1", "--do_eval", "1", "--datatype", "msrvtt", "--anno_path", "data/synthetic/anns",
     "--video_path", "data/synthetic/videos", "--base_encoder", "scratch:tiny", "--max_frames", "6",
-    "--video_framerate", "1", "--max_words", "32", "--epochs", "8", "--workers", "0", "--cache_frames", "1",
+    "--video_framerate", "1", "--max_words", "32", "--query_expansion", "0", "--epochs", "8", "--workers", "0",
+    "--cache_frames", "1",
     "--batch_size", "64", "--batch_size_val", "100", "--lr", "1e-3", "--coef_lr", "1",
     "--loss", "softmax", "--seed", "42", "--overwrite", "1",
 ]

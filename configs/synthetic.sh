@@ -12,6 +12,7 @@
 : "${COEF_LR:=1.0}"   # a from-scratch encoder learns at the full rate
 : "${LOSS:=softmax}"
 : "${MAX_WORDS:=32}"
+: "${QUERY_EXPANSION:=0}"  # padded positions are not query tokens: 58 vs 33 t2v R@1 on this set (README, ablations)
 : "${MAX_FRAMES:=6}"
 : "${VIDEO_FRAMERATE:=1}"
 : "${WORKERS:=0}"      # the frames are cached: batches are cheap to assemble in the main process

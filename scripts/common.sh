@@ -18,6 +18,7 @@ source "$RECIPE"
 : "${SEED:=42}"
 : "${TRAIN_LIST:=9k}"
 : "${EXTRA_ARGS:=}"
+: "${QUERY_EXPANSION:=1}"  # padded query positions count as query tokens (main.py's default)
 # One compute thread per process beside the loader workers is fastest on a small CPU; torchrun sets 1 too.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 

@@ -179,7 +179,8 @@ def test_resume_compares_every_setting(dataset, trained):
 
 # ---- recipes ------------------------------------------------------------------------------------
 
-RECIPE_VARIABLES = ("DATATYPE", "BASE_ENCODER", "MAX_FRAMES", "MAX_WORDS", "BATCH_SIZE", "EPOCHS", "LR", "COEF_LR", "LOSS")
+RECIPE_VARIABLES = ("DATATYPE", "BASE_ENCODER", "MAX_FRAMES", "MAX_WORDS", "QUERY_EXPANSION", "BATCH_SIZE", "EPOCHS", "LR",
+                    "COEF_LR", "LOSS")
 
 
 def recipe_values(name):
