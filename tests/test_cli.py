@@ -251,6 +251,29 @@ def test_train_sh_refuses_an_existing_run(tmp_path):
     assert (out / "last.pth").read_bytes() == b"x"
 
 
+def train_sh_main_args(tmp_path, **env_vars):
+    """The flags train.sh gives main.py: ``python`` on the PATH is a stub that records them."""
+    stub = tmp_path / "bin"
+    stub.mkdir(parents=True)
+    (stub / "python").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_FILE"\n'
+                                 'mkdir -p "$OUTPUT_DIR" && echo {} > "$OUTPUT_DIR/eval_results.json"\n')
+    (stub / "python").chmod(0o755)
+    anns = tmp_path / "anns"
+    anns.mkdir()
+    (anns / "MSRVTT_data.json").write_text("{}")  # the synthetic set "exists": nothing is generated
+    env = dict(os.environ, PATH=f"{stub}:{os.environ['PATH']}", ARGS_FILE=str(tmp_path / "args"),
+               OUTPUT_DIR=str(tmp_path / "run"), ANNO_PATH=str(anns), **env_vars)
+    subprocess.run(["bash", "train.sh"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    args = (tmp_path / "args").read_text().split()
+    return dict(zip(args, args[1:]))
+
+
+@pytest.mark.parametrize("recipe, expected", [("synthetic", "0"), ("msrvtt", "1")])
+def test_train_sh_passes_the_recipes_query_expansion(tmp_path, recipe, expected):
+    assert train_sh_main_args(tmp_path, DATASET=recipe)["--query_expansion"] == expected
+    assert train_sh_main_args(tmp_path / "env", DATASET=recipe, QUERY_EXPANSION="7")["--query_expansion"] == "7"
+
+
 def test_stale_temporary_files_are_removed_only_when_their_writer_is_gone(dataset, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
