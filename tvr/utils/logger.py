@@ -42,19 +42,22 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
-class _OncePerRecord(logging.Filter):
-    """Our handlers serve our loggers and the root logger: a record of ours reaches them twice (once
-    more as it propagates to the root); let it through the first time only."""
+class _LibraryRecords(logging.Handler):
+    """On the root logger: hands the records of other libraries (open_clip, timm) to our handlers.
+    Our own loggers' records also propagate here, but our handlers already wrote them: skipped."""
 
-    def __init__(self) -> None:
+    def __init__(self, targets: list, names: Iterable[str]) -> None:
         super().__init__()
-        self._last = None
+        self.targets = targets
+        self.ours = tuple(names)
+        self.ours_prefixes = tuple(n + "." for n in self.ours)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record is self._last:
-            return False
-        self._last = record
-        return True
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name in self.ours or record.name.startswith(self.ours_prefixes):
+            return
+        for h in self.targets:
+            if record.levelno >= h.level:
+                h.handle(record)
 
 
 def _root_prints_to_console() -> bool:
@@ -91,16 +94,16 @@ def setup_logging(output_dir: Optional[str], rank: int = 0,
         file_handler.setLevel(level)
         file_handler.setFormatter(formatter)
         handlers.append(file_handler)
-    for h in handlers:
+    libraries = _LibraryRecords(handlers, names)  # the root logger's (its level, WARNING, is left alone)
+    for h in handlers + [libraries]:
         setattr(h, _MARK, True)
-        h.addFilter(_OncePerRecord())
 
-    for name in names + [None]:  # None: the root logger (its level, WARNING, is left alone)
+    for name, mine in [(n, handlers) for n in names] + [(None, [libraries])]:
         lg = logging.getLogger(name)
         for old in [h for h in lg.handlers if getattr(h, _MARK, False)]:
             lg.removeHandler(old)
             old.close()
-        for h in handlers:  # the same handler objects are shared, so log.txt is opened once
+        for h in mine:  # the same handler objects are shared, so log.txt is opened once
             lg.addHandler(h)
         if name is not None:
             lg.setLevel(level)
