@@ -33,7 +33,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEP_LINE = re.compile(r"epoch (\d+) step (\d+)/(\d+) loss .*\| ([\d.]+) samples/s, peak mem (\d+) MB")
 
 
-
 def report(out: dict, path) -> None:
     """Print the step's figures as JSON, and also write them to ``path`` when one is given."""
     text = json.dumps(out, indent=1)
@@ -41,6 +40,7 @@ def report(out: dict, path) -> None:
     if path:
         with open(path, "w") as f:
             f.write(text)
+
 
 def require_cuda(_args) -> int:
     if not torch.cuda.is_available():

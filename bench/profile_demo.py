@@ -1,11 +1,12 @@
 """Where the built-in demo's minutes go: run main.py under cProfile and split its wall time into stages.
 
-    OMP_NUM_THREADS=2 python bench/profile_demo.py                 # the demo recipe
-    OMP_NUM_THREADS=2 python bench/profile_demo.py -- --epochs 1 --max_words 16
+    python bench/profile_demo.py                                   # the demo recipe
+    python bench/profile_demo.py -- --epochs 1 --max_words 16
     python bench/profile_demo.py --generate /tmp/synthetic_gen   # also time generating the dataset
 
-Everything after `--` is passed to main.py on top of the synthetic recipe's flags (configs/synthetic.sh as of
-writing: scratch:tiny, 6 frames, 32 words, query expansion off, batch 64, 8 epochs, frames cached, no loader workers, 2 threads). Stages are inclusive times
+The flags are the synthetic recipe's, read from configs/synthetic.sh through scripts/common.sh as train.sh
+reads them (its thread count too, unless OMP_NUM_THREADS is set); everything after `--` is passed to main.py
+on top of them. Stages are inclusive times
 of the functions that do the work, so they overlap where one calls another (data waits and the train step are
 both inside "train epochs"). With --workers >= 1 decoding runs in a worker process: the main process only sees
 the wait for the next batch.
@@ -20,16 +21,34 @@ import sys
 import tempfile
 import time
 
+import torch
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-DEMO_FLAGS = [
-    "--do_train", "1", "--do_eval", "1", "--datatype", "msrvtt", "--anno_path", "data/synthetic/anns",
-    "--video_path", "data/synthetic/videos", "--base_encoder", "scratch:tiny", "--max_frames", "6",
-    "--video_framerate", "1", "--max_words", "32", "--query_expansion", "0", "--epochs", "8", "--workers", "0",
-    "--cache_frames", "1",
-    "--batch_size", "64", "--batch_size_val", "100", "--lr", "1e-3", "--coef_lr", "1",
-    "--loss", "softmax", "--seed", "42", "--overwrite", "1",
-]
+# main.py flag <- recipe variable, as train.sh passes them
+RECIPE_FLAGS = (
+    ("--datatype", "DATATYPE"), ("--anno_path", "ANNO_PATH"), ("--video_path", "VIDEO_PATH"),
+    ("--base_encoder", "BASE_ENCODER"), ("--max_frames", "MAX_FRAMES"), ("--video_framerate", "VIDEO_FRAMERATE"),
+    ("--max_words", "MAX_WORDS"), ("--query_expansion", "QUERY_EXPANSION"), ("--epochs", "EPOCHS"),
+    ("--workers", "WORKERS"), ("--cache_frames", "CACHE_FRAMES"), ("--batch_size", "BATCH_SIZE"),
+    ("--batch_size_val", "BATCH_SIZE_VAL"), ("--lr", "LR"), ("--coef_lr", "COEF_LR"), ("--loss", "LOSS"),
+    ("--seed", "SEED"),
+)
+
+
+def recipe_values(names) -> dict:
+    """The synthetic recipe's values (environment overrides included), read the way train.sh reads them."""
+    script = "DATASET=synthetic; source scripts/common.sh; " + "; ".join(f'echo "${{{n}}}"' for n in names)
+    out = subprocess.run(["bash", "-c", script], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    return dict(zip(names, out.splitlines()))
+
+
+def demo_flags(values: dict) -> list:
+    flags = ["--do_train", "1", "--do_eval", "1", "--overwrite", "1"]
+    for flag, name in RECIPE_FLAGS:
+        flags += [flag, values[name]]
+    return flags
+
 
 # stage -> (file suffix, function name): inclusive time of that function (summed over its calls)
 STAGES = (
@@ -93,13 +112,15 @@ def main(argv=None) -> None:
 
     profiler = cProfile.Profile()
     start = time.time()
-    profiler.runcall(demo_main.main, DEMO_FLAGS + ["--output_dir", args.output_dir] + args.main_args)
+    values = recipe_values([name for _, name in RECIPE_FLAGS] + ["OMP_NUM_THREADS"])
+    torch.set_num_threads(int(values["OMP_NUM_THREADS"]))
+    profiler.runcall(demo_main.main, demo_flags(values) + ["--output_dir", args.output_dir] + args.main_args)
     wall = time.time() - start
     stats = pstats.Stats(profiler)
     times = stage_times(stats)
     rows += [(stage, times[stage]) for stage, _ in STAGES if stage in times]
 
-    print(f"flags: {' '.join(args.main_args) or '(recipe only)'}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print(f"flags: {' '.join(args.main_args) or '(recipe only)'}; threads {torch.get_num_threads()}")
     print("| stage | seconds | share of main() |")
     print("|---|---|---|")
     for stage, seconds in rows:

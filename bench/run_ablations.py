@@ -16,46 +16,45 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (environment for train.sh, what the row tests, whether the paper specifies the setting).
-# Every row but "default" changes one setting of the paper-faithful base "qe_on": the demo recipe with query
-# expansion on (padding positions are query tokens), both branches, mean-max-sim (mms) with the start token
-# counted, 2 visual expansion tokens, normalized temporal input, dual loss. The demo recipe itself
+# name -> (environment for train.sh on top of BASE, what the row tests, whether the paper specifies the setting).
+# BASE is the paper-faithful base row "qe_on": the demo recipe with query expansion on (padding positions are
+# query tokens), both branches, mean-max-sim (mms) with the start token counted, 2 visual expansion tokens,
+# normalized temporal input, dual loss; every row changes one setting of it. The demo recipe itself
 # (configs/synthetic.sh, row "default") turns query expansion off, because this table says so.
-QE_ON = {"QUERY_EXPANSION": "1"}
+BASE = {"QUERY_EXPANSION": "1"}
 VARIANTS = {
-    "default": ({}, "the demo recipe (configs/synthetic.sh): query expansion off, softmax loss",
+    "default": ({"QUERY_EXPANSION": "0"}, "the demo recipe (configs/synthetic.sh): query expansion off, softmax loss",
                 "ours (paper: expansion on, sigmoid loss)"),
-    "qe_on": (QE_ON, "base of the rows below: the demo recipe with query expansion on", "paper: on"),
-    "loss_sigmoid": ({**QE_ON, "LOSS": "sigmoid"}, "the paper's sigmoid loss, loss scalars at --lr", "paper"),
-    "loss_sigmoid_llr1e-2": ({**QE_ON, "LOSS": "sigmoid", "LOSS_LR": "1e-2"}, "sigmoid, --loss_lr 1e-2", "paper loss; lr ours"),
-    "loss_sigmoid_llr5e-2": ({**QE_ON, "LOSS": "sigmoid", "LOSS_LR": "5e-2"}, "sigmoid, --loss_lr 5e-2", "paper loss; lr ours"),
-    "loss_sigmoid_llr1e-1": ({**QE_ON, "LOSS": "sigmoid", "LOSS_LR": "1e-1"}, "sigmoid, --loss_lr 1e-1", "paper loss; lr ours"),
-    "loss_sigmoid_bias-4": ({**QE_ON, "LOSS": "sigmoid", "EXTRA_ARGS": "--init_bias -4"},
+    "qe_on": ({}, "base of the rows below: the demo recipe with query expansion on", "paper: on"),
+    "loss_sigmoid": ({"LOSS": "sigmoid"}, "the paper's sigmoid loss, loss scalars at --lr", "paper"),
+    "loss_sigmoid_llr1e-2": ({"LOSS": "sigmoid", "LOSS_LR": "1e-2"}, "sigmoid, --loss_lr 1e-2", "paper loss; lr ours"),
+    "loss_sigmoid_llr5e-2": ({"LOSS": "sigmoid", "LOSS_LR": "5e-2"}, "sigmoid, --loss_lr 5e-2", "paper loss; lr ours"),
+    "loss_sigmoid_llr1e-1": ({"LOSS": "sigmoid", "LOSS_LR": "1e-1"}, "sigmoid, --loss_lr 1e-1", "paper loss; lr ours"),
+    "loss_sigmoid_bias-4": ({"LOSS": "sigmoid", "EXTRA_ARGS": "--init_bias -4"},
                             "sigmoid, bias initialised at -4 (about -log 64, the batch) instead of -10", "paper loss; init ours"),
-    "loss_sigmoid_bias-4_llr1e-2": ({**QE_ON, "LOSS": "sigmoid", "LOSS_LR": "1e-2", "EXTRA_ARGS": "--init_bias -4"},
+    "loss_sigmoid_bias-4_llr1e-2": ({"LOSS": "sigmoid", "LOSS_LR": "1e-2", "EXTRA_ARGS": "--init_bias -4"},
                                     "sigmoid, bias initialised at -4, --loss_lr 1e-2", "paper loss; init, lr ours"),
-    "frames12_softmax": ({**QE_ON, "MAX_FRAMES": "12", "VIDEO_FRAMERATE": "2"}, "12 frames (2 fps)", "paper: 12 frames"),
-    "frames12_sigmoid": ({**QE_ON, "LOSS": "sigmoid", "LOSS_LR": "1e-1", "MAX_FRAMES": "12", "VIDEO_FRAMERATE": "2"},
+    "frames12_softmax": ({"MAX_FRAMES": "12", "VIDEO_FRAMERATE": "2"}, "12 frames (2 fps)", "paper: 12 frames"),
+    "frames12_sigmoid": ({"LOSS": "sigmoid", "LOSS_LR": "1e-1", "MAX_FRAMES": "12", "VIDEO_FRAMERATE": "2"},
                          "12 frames (2 fps), sigmoid, --loss_lr 1e-1", "paper: 12 frames"),
-    "single_loss": ({**QE_ON, "EXTRA_ARGS": "--dual_loss 0"}, "one loss on s_F + s_V instead of one per branch", "paper: dual"),
-    "no_sot": ({**QE_ON, "EXTRA_ARGS": "--query_sot 0"}, "start token not a query token", "ours"),
-    "raw_temporal_input": ({**QE_ON, "EXTRA_ARGS": "--temporal_input raw"}, "temporal encoder reads raw CLS tokens", "ours"),
+    "single_loss": ({"EXTRA_ARGS": "--dual_loss 0"}, "one loss on s_F + s_V instead of one per branch", "paper: dual"),
+    "no_sot": ({"EXTRA_ARGS": "--query_sot 0"}, "start token not a query token", "ours"),
+    "raw_temporal_input": ({"EXTRA_ARGS": "--temporal_input raw"}, "temporal encoder reads raw CLS tokens", "ours"),
     "maxsim_no_qe": ({"QUERY_EXPANSION": "0", "EXTRA_ARGS": "--interaction maxsim"},
                      "ColBERT's sum over query tokens, expansion off (compare with the demo recipe's mms row)",
                      "paper: mean"),
-    "visual_expansion_0": ({**QE_ON, "EXTRA_ARGS": "--visual_expansion 0"}, "no visual expansion tokens", "paper: on"),
-    "visual_expansion_4": ({**QE_ON, "EXTRA_ARGS": "--visual_expansion 4"}, "4 visual expansion tokens", "ours (count)"),
-    "frame_only": ({**QE_ON, "EXTRA_ARGS": "--branches frame"}, "frame branch only", "paper: both"),
-    "video_only": ({**QE_ON, "EXTRA_ARGS": "--branches video"}, "video branch only", "paper: both"),
-    "meanp": ({**QE_ON, "EXTRA_ARGS": "--meanp 1"}, "CLIP4Clip mean-pooling baseline", "baseline"),
+    "visual_expansion_0": ({"EXTRA_ARGS": "--visual_expansion 0"}, "no visual expansion tokens", "paper: on"),
+    "visual_expansion_4": ({"EXTRA_ARGS": "--visual_expansion 4"}, "4 visual expansion tokens", "ours (count)"),
+    "frame_only": ({"EXTRA_ARGS": "--branches frame"}, "frame branch only", "paper: both"),
+    "video_only": ({"EXTRA_ARGS": "--branches video"}, "video branch only", "paper: both"),
+    "meanp": ({"EXTRA_ARGS": "--meanp 1"}, "CLIP4Clip mean-pooling baseline", "baseline"),
 }
 COLUMNS = (("t2v", "R1"), ("t2v", "R5"), ("t2v", "MdR"), ("v2t", "R1"), ("temporal", "temporal_R1"),
            ("temporal", "twin_accuracy"))
 
 
 def command_for(name: str, seed: int, out_root: str) -> tuple:
-    env, _, _ = VARIANTS[name]
-    env = dict(env, SEED=str(seed), OUTPUT_DIR=os.path.join(out_root, f"{name}_s{seed}"))
+    env = dict(BASE, **VARIANTS[name][0], SEED=str(seed), OUTPUT_DIR=os.path.join(out_root, f"{name}_s{seed}"))
     shown = " ".join(f'{k}="{v}"' if " " in v else f"{k}={v}" for k, v in env.items()) + " bash train.sh"
     return env, shown
 
@@ -84,10 +83,10 @@ def row(name: str, runs: list, seeds: list) -> str:
         mean = statistics.mean(values)
         spread = f" ± {statistics.pstdev(values):.1f}" if len(values) > 1 else ""
         cells.append(f"{mean:.1f}{spread}")
-    env, _, paper = VARIANTS[name]
+    _, what, paper = VARIANTS[name]
     _, shown = command_for(name, seeds[0], "outputs/ablations")
     seeds_run = [str(seed) for seed, r in zip(seeds, runs) if r]
-    return f"| {VARIANTS[name][1]} | {paper} | {', '.join(seeds_run) or 'none'} | " + " | ".join(cells) + f" | `{shown}` |"
+    return f"| {what} | {paper} | {', '.join(seeds_run) or 'none'} | " + " | ".join(cells) + f" | `{shown}` |"
 
 
 def main(argv=None) -> None:
