@@ -125,10 +125,10 @@ def build(arrays, folder: str, cfg: ann.AnnBuildConfig, shard: int):
     t0 = time.time()
     # Training sample: whole videos drawn at random, all their real tokens.
     per_video = arrays["frames"].shape[1] + arrays["video"].shape[1]
-    rows = ann.sample_rows(n, max(1, cfg.train_tokens // per_video), cfg.seed)
+    total_tokens = int(np.asarray(arrays["frame_mask"]).sum() + np.asarray(arrays["video_mask"]).sum())
+    rows = ann.sample_rows(n, max(1, ann.training_tokens(cfg, total_tokens) // per_video), cfg.seed)
     sample = np.concatenate([np.asarray(arrays["frames"][rows])[np.asarray(arrays["frame_mask"][rows])],
                              np.asarray(arrays["video"][rows])[np.asarray(arrays["video_mask"][rows])]]).astype(np.float32)
-    total_tokens = int(np.asarray(arrays["frame_mask"]).sum() + np.asarray(arrays["video_mask"]).sum())
     quant = ann.train_quantizer(sample, cfg, total_tokens=total_tokens)
     t_train = time.time() - t0
     parts = []
@@ -163,7 +163,7 @@ def main(argv=None):
                    help="directions the corpus's token noise spans (0: isotropic, every dimension)")
     p.add_argument("--nlist", type=int, default=0)
     p.add_argument("--pq_m", type=int, default=32)
-    p.add_argument("--train_tokens", type=int, default=131072)
+    p.add_argument("--train_tokens", type=int, default=0, help="0: the index's default (training_tokens)")
     p.add_argument("--settings", default="16,4096,1024,256",
                    help="search settings 'nprobe,centroid_candidates,pq_candidates,rerank', ';'-separated")
     p.add_argument("--out", default=None, help="append the JSON results to this file")
@@ -189,7 +189,8 @@ def main(argv=None):
         cache = os.path.join(folder, f"ann_nlist{args.nlist}_m{args.pq_m}_t{args.train_tokens}.npz")
         if os.path.exists(cache):  # built by an earlier run with the same settings: reuse it and its times
             z = np.load(cache)
-            index = ann.AnnIndex(ann.Quantizer(z["centroids"], z["codebook"]),
+            quantizer = ann.Quantizer(**{k: z[k] for k in ("centroids", "codebook", "group_centroids", "group_of") if k in z})
+            index = ann.AnnIndex(quantizer,
                                  [ann.CodedVideos(z["vids"], z["lists"], z["codes"])], [spec.frames, spec.frames + spec.expansion])
             t_train, t_build, build_rss = float(z["train_s"]), float(z["build_s"]), float(z["build_rss"])
         else:
@@ -198,7 +199,7 @@ def main(argv=None):
             index, t_train, t_build = build(arrays, folder, cfg, args.shard)
             build_rss = peak_rss_gib()
             anon_gib()
-            np.savez(cache, centroids=index.quantizer.centroids, codebook=index.quantizer.codebook, vids=index.vids,
+            np.savez(cache, **index.quantizer.arrays(), vids=index.vids,
                      lists=index.lists, codes=index.codes, train_s=t_train, build_s=t_build, build_rss=build_rss)
         fetch = fetch_fn(arrays)
         q_mask = torch.ones(queries.shape[1], dtype=torch.bool)

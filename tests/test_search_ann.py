@@ -21,12 +21,17 @@ def corpus():
     return c, f16, frame_mask, v16, video_mask
 
 
-@pytest.fixture(scope="module")
-def built(corpus):
+@pytest.fixture(scope="module", params=["flat", "two_level"])
+def built(corpus, request):
+    """256 centroids from flat k-means, or (the path large corpora take) 512 in 16 groups."""
     _, f, fm, v, vm = corpus
     sample = np.concatenate([f[fm], v[vm]]).astype(np.float32)
-    quant = ann.train_quantizer(sample[ann.sample_rows(len(sample), 10000, 0)],
-                                ann.AnnBuildConfig(pq_m=16, kmeans_iters=8), total_tokens=len(sample))
+    nlist = 256 if request.param == "flat" else 512
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ann, "TWO_LEVEL_FROM", 512)
+        quant = ann.train_quantizer(sample[ann.sample_rows(len(sample), 10000, 0)],
+                                    ann.AnnBuildConfig(nlist=nlist, pq_m=16, kmeans_iters=8), total_tokens=len(sample))
+    assert (quant.group_of is not None) == (request.param == "two_level")
     half = N_VIDEOS // 2
     parts = [ann.encode_videos(quant, np.arange(a, b), [(f[a:b], fm[a:b]), (v[a:b], vm[a:b])])
              for a, b in ((0, half), (half, N_VIDEOS))]
@@ -48,10 +53,20 @@ def test_pq_codes_equal_faiss(built, corpus):
     faiss.copy_array_to_vector(quant.codebook.ravel(), pq.centroids)
     expected = pq.compute_codes(np.ascontiguousarray(x - quant.centroids[lists]))
     np.testing.assert_array_equal(quant.encode(x, lists), expected)
-    # and the nearest centroid is faiss's exact nearest centroid
+    # and the centroid is faiss's exact nearest centroid (with groups: the nearest in the probed groups)
     flat = faiss.IndexFlatL2(quant.dim)
     flat.add(quant.centroids)
-    np.testing.assert_array_equal(lists, flat.search(x, 1)[1][:, 0])
+    nearest = flat.search(x, 1)[1][:, 0]
+    if quant.group_of is None:
+        np.testing.assert_array_equal(lists, nearest)
+    else:
+        group_dist = ((x[:, None, :] - quant.group_centroids[None]) ** 2).sum(-1)  # n x G
+        probed = np.argsort(group_dist, axis=1)[:, :ann.ASSIGN_PROBE]
+        dist = ((x[:, None, :] - quant.centroids[None]) ** 2).sum(-1)  # n x nlist
+        for i in range(len(x)):
+            allowed = np.isin(quant.group_of, probed[i])
+            assert lists[i] == np.flatnonzero(allowed)[np.argmin(dist[i, allowed])]
+        assert np.mean(lists == nearest) >= 0.9  # the groups rarely hide the nearest centroid
 
 
 def naive_branch_mms(q, token_sets):
@@ -72,6 +87,10 @@ def test_stage_scores_match_naive(built):
     cent_sim = q @ torch.from_numpy(quant.centroids).t()
     got_c = index._centroid_scores(cent_sim, rows).numpy()
     got_pq = index._pq_scores(q, cent_sim, rows).numpy()
+    # the cache-sized chunks are an implementation detail: tiny chunks give the same scores
+    np.testing.assert_allclose(index._centroid_scores(cent_sim, rows, videos_per_chunk=3).numpy(), got_c, atol=1e-6)
+    np.testing.assert_allclose(index._pq_scores(q, cent_sim, rows, tokens_per_chunk=2 * len(index.lists[0])).numpy(),
+                               got_pq, atol=1e-6)
     qn = q.double().numpy()
     cb = quant.codebook.astype(np.float64)
     for i, r in enumerate(rows):
@@ -137,3 +156,20 @@ def test_recall_against_exhaustive(built, corpus):
         np.testing.assert_allclose(res.scores, exact[i, res.vids].numpy(), atol=1e-5)
     assert np.mean(recalls) >= 0.9
     assert np.median(candidates) < N_VIDEOS  # it did not just score everything
+
+
+def test_quantizer_survives_the_index_file(built, corpus, tmp_path):
+    """What update_ann writes, load_quantizer reads back: the same centroids, groups and codes."""
+    from tvr.search.ann_store import ANN_DIR, QUANTIZER, load_quantizer
+    from tvr.search.store import write_shard
+
+    quant = built[0]
+    (tmp_path / ANN_DIR).mkdir()
+    write_shard(str(tmp_path / ANN_DIR / QUANTIZER), quant.arrays(), {"checkpoint_sha256": "abc"})
+    loaded = load_quantizer(str(tmp_path), "abc")
+    assert loaded.arrays().keys() == quant.arrays().keys()
+    for name, array in quant.arrays().items():
+        np.testing.assert_array_equal(loaded.arrays()[name], array)
+    x = corpus[1][:200][corpus[2][:200]].astype(np.float32)
+    np.testing.assert_array_equal(loaded.assign(x), quant.assign(x))
+    np.testing.assert_array_equal(loaded.encode(x, quant.assign(x)), quant.encode(x, quant.assign(x)))

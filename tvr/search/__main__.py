@@ -14,6 +14,7 @@ import os
 import sys
 
 from ..options import _bool
+from .ann_config import AnnBuildConfig, AnnSearchConfig
 
 logger = logging.getLogger("tvr.search")
 
@@ -31,9 +32,12 @@ def _index_parser(sub) -> None:
     g = p.add_argument_group("approximate search")
     g.add_argument("--ann", type=_bool, nargs="?", const=True, default=None,
                    help="also build the IVF-PQ candidate index (kept up to date once built; --ann 0 drops it)")
-    g.add_argument("--ann_nlist", type=int, default=0, help="coarse centroids (0: about 2 * sqrt(tokens))")
-    g.add_argument("--ann_pq_m", type=int, default=32, help="bytes per token code (must divide the embedding size)")
-    g.add_argument("--ann_train_tokens", type=int, default=131072, help="tokens sampled to train the quantisers")
+    build = AnnBuildConfig()
+    g.add_argument("--ann_nlist", type=int, default=build.nlist,
+                   help="centroids (0: a power of two near 8 * sqrt(tokens); two-level k-means from 2048 on)")
+    g.add_argument("--ann_pq_m", type=int, default=build.pq_m, help="bytes per token code (must divide the embedding size)")
+    g.add_argument("--ann_train_tokens", type=int, default=build.train_tokens,
+                   help="tokens sampled to train the quantisers (0: 16 per centroid, at least 131072)")
     g.add_argument("--ann_retrain", type=_bool, nargs="?", const=True, default=False,
                    help="train the quantisers again and re-code every video")
 
@@ -52,10 +56,13 @@ def _query_parser(sub) -> None:
     g = p.add_argument_group("approximate search (index built with --ann)")
     g.add_argument("--ann", type=_bool, nargs="?", const=True, default=False,
                    help="candidates from the IVF-PQ index, re-ranked exactly (default: exhaustive)")
-    g.add_argument("--nprobe", type=int, default=16, help="centroids probed per query token")
-    g.add_argument("--centroid_candidates", type=int, default=4096, help="candidates scored on centroids")
-    g.add_argument("--pq_candidates", type=int, default=1024, help="candidates scored on centroid + PQ residual")
-    g.add_argument("--rerank", type=int, default=256, help="candidates scored exactly on the stored tokens")
+    search = AnnSearchConfig()
+    g.add_argument("--nprobe", type=int, default=search.nprobe, help="centroids probed per query token")
+    g.add_argument("--centroid_candidates", type=int, default=search.centroid_candidates,
+                   help="candidates scored on centroids")
+    g.add_argument("--pq_candidates", type=int, default=search.pq_candidates,
+                   help="candidates scored on centroid + PQ residual")
+    g.add_argument("--rerank", type=int, default=search.rerank, help="candidates scored exactly on the stored tokens")
 
 
 def _device(name: str):
@@ -68,7 +75,6 @@ def _device(name: str):
 
 def run_index(args) -> int:
     from ..utils.launch import cleanup_distributed, setup_distributed
-    from .ann import AnnBuildConfig
     from .index import IndexOptions, build_index
 
     runtime = setup_distributed(0)
@@ -115,7 +121,6 @@ def _explain_paths(base: str, n_queries: int, top: int):
 
 
 def run_query(args) -> int:
-    from .ann import AnnSearchConfig
     from .explain import save_explanation
     from .query import Searcher, format_table
     from .videos import VideoLoader

@@ -2,8 +2,11 @@
 residuals for candidate generation, exact MeanMaxSim on the stored tokens for the final order.
 
 Every real video token (frame and video tokens alike) is assigned to its nearest coarse centroid
-(faiss k-means) and its residual to that centroid is coded by a faiss product quantiser
-(`pq_m` bytes per token). Per video we keep its tokens' centroid ids and PQ codes in fixed slots
+and its residual to that centroid is coded by a faiss product quantiser (`pq_m` bytes per token).
+Fine centroids make the centroid estimates and the probing sharp, but flat k-means and exhaustive
+assignment cost tokens x centroids: from `TWO_LEVEL_FROM` centroids on, they are trained in two
+levels (k-means into about sqrt(nlist) groups, then k-means inside each group) and a token is
+assigned to the nearest centroid of its `ASSIGN_PROBE` nearest groups. Per video we keep its tokens' centroid ids and PQ codes in fixed slots
 (frame tokens, then video tokens), and an inverted list from each centroid to the videos with a
 token there. A query is answered in four stages, each keeping the best of the previous one:
 
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,26 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from ..models.similarity import mean_max_sim
+from .ann_config import AnnBuildConfig, AnnSearchConfig  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class AnnBuildConfig:
-    nlist: int = 0  # coarse centroids; 0: chosen from the number of tokens (default_nlist)
-    pq_m: int = 32  # bytes per token code; must divide the embedding size
-    pq_nbits: int = 8  # bits per sub-quantiser code (lowered automatically for tiny corpora)
-    train_tokens: int = 131_072  # tokens sampled to train both quantisers
-    kmeans_iters: int = 10
-    seed: int = 0
-
-
-@dataclass
-class AnnSearchConfig:
-    nprobe: int = 4  # centroids probed per query token
-    centroid_candidates: int = 4096  # stage 2: candidates scored on centroids
-    pq_candidates: int = 256  # stage 3: candidates scored on decompressed tokens
-    rerank: int = 32  # stage 4: candidates scored exactly on the stored tokens
 
 
 class TokenBatch(NamedTuple):
@@ -66,10 +51,22 @@ class SearchResult(NamedTuple):
     num_candidates: int  # videos reached by the probed lists (stage 1)
 
 
+EXACT_CHUNK = 64  # candidates fetched and re-ranked at a time: small buffers are reused, not page-faulted in
+TWO_LEVEL_FROM = 2048  # centroids from which k-means and assignment go through groups
+ASSIGN_PROBE = 8  # groups searched for a token's nearest centroid
+
+
 def default_nlist(num_tokens: int) -> int:
-    """A power of two near 2 * sqrt(tokens), between 16 and 65536."""
-    target = 2.0 * math.sqrt(max(num_tokens, 1))
+    """A power of two near 8 * sqrt(tokens), between 16 and 65536 (16,384 for 100k videos of 26 tokens)."""
+    target = 8.0 * math.sqrt(max(num_tokens, 1))
     return int(min(65536, max(16, 2 ** round(math.log2(target)))))
+
+
+def training_tokens(cfg: AnnBuildConfig, total_tokens: int) -> int:
+    """Tokens to sample for training: cfg.train_tokens, or 16 per centroid and at least 131,072."""
+    if cfg.train_tokens:
+        return cfg.train_tokens
+    return max(131_072, 16 * (cfg.nlist or default_nlist(total_tokens)))
 
 
 def _faiss():
@@ -79,24 +76,62 @@ def _faiss():
 
 
 class Quantizer:
-    """Coarse centroids (nlist x D) and a residual product quantiser (codebook m x ksub x dsub)."""
+    """Centroids (nlist x D) and a residual product quantiser (codebook m x ksub x dsub).
 
-    def __init__(self, centroids: np.ndarray, codebook: np.ndarray):
+    With two-level training also the group centroids (G x D) and each centroid's group (nlist),
+    which make assignment cost G + ASSIGN_PROBE * nlist / G distances per token instead of nlist.
+    """
+
+    def __init__(self, centroids: np.ndarray, codebook: np.ndarray, group_centroids: Optional[np.ndarray] = None,
+                 group_of: Optional[np.ndarray] = None):
         self.centroids = np.array(centroids, dtype=np.float32)  # own, writable copies (maybe read from a memmap)
         self.codebook = np.array(codebook, dtype=np.float32)
         self.nlist, self.dim = self.centroids.shape
         self.m, self.ksub, self.dsub = self.codebook.shape
         if self.m * self.dsub != self.dim:
             raise ValueError(f"codebook {self.codebook.shape} does not fit centroids of size {self.dim}")
+        if (group_centroids is None) != (group_of is None):
+            raise ValueError("group centroids and the centroids' groups come together")
+        self.group_centroids = None if group_centroids is None else np.array(group_centroids, dtype=np.float32)
+        self.group_of = None if group_of is None else np.array(group_of, dtype=np.int64)
+        if self.group_of is not None and (self.group_of.shape != (self.nlist,) or self.group_of.min() < 0
+                                          or self.group_of.max() >= len(self.group_centroids)):
+            raise ValueError(f"centroid groups {self.group_of.shape} do not fit {self.nlist} centroids "
+                             f"in {len(self.group_centroids)} groups")
         self._coarse = None
         self._centroids_t = torch.from_numpy(self.centroids)
         self._codebook_t = torch.from_numpy(self.codebook)
 
+    def arrays(self) -> dict:
+        """What to store to rebuild this quantiser: Quantizer(**arrays)."""
+        out = {"centroids": self.centroids, "codebook": self.codebook}
+        if self.group_of is not None:
+            out.update(group_centroids=self.group_centroids, group_of=self.group_of)
+        return out
+
+    def _assigner(self):
+        """faiss index whose nearest neighbour of a token is its centroid id (exact, or through groups)."""
+        faiss = _faiss()
+        if self.group_of is None:
+            index = faiss.IndexFlatL2(self.dim)
+            index.add(self.centroids)
+            return index
+        groups = faiss.IndexFlatL2(self.dim)
+        groups.add(self.group_centroids)
+        index = faiss.IndexIVFFlat(groups, self.dim, len(self.group_centroids), faiss.METRIC_L2)  # keeps `groups` alive
+        for g in range(len(self.group_centroids)):
+            ids = np.nonzero(self.group_of == g)[0].astype(np.int64)
+            if len(ids):
+                vectors = np.ascontiguousarray(self.centroids[ids])
+                index.invlists.add_entries(g, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(vectors.view(np.uint8)))
+        index.ntotal = self.nlist
+        index.nprobe = min(ASSIGN_PROBE, len(self.group_centroids))
+        return index
+
     def assign(self, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
-        """n x D -> n nearest centroid ids (int32), by exhaustive search (one BLAS product per chunk)."""
+        """n x D -> n nearest centroid ids (int32); with groups, the nearest of the ASSIGN_PROBE nearest groups."""
         if self._coarse is None:
-            self._coarse = _faiss().IndexFlatL2(self.dim)
-            self._coarse.add(self.centroids)
+            self._coarse = self._assigner()
         out = np.empty(len(x), np.int32)
         for a in range(0, len(x), chunk):
             part = np.ascontiguousarray(x[a:a + chunk], dtype=np.float32)
@@ -126,8 +161,44 @@ class Quantizer:
         return self._centroids_t.index_select(0, lists) + parts.view(len(lists), self.dim)
 
 
+def _kmeans(x: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroid: int) -> np.ndarray:
+    kmeans = _faiss().Kmeans(x.shape[1], k, niter=niter, seed=seed, min_points_per_centroid=1,
+                             max_points_per_centroid=max_points_per_centroid)
+    kmeans.train(np.ascontiguousarray(x))
+    return kmeans.centroids
+
+
+def _two_level_kmeans(x: np.ndarray, nlist: int, cfg: AnnBuildConfig):
+    """Groups by k-means, then each group's share of the nlist centroids by k-means on its points.
+
+    Returns (centroids nlist' x D, group_centroids G x D, group_of nlist'); nlist' <= nlist when
+    a group has fewer points than its share.
+    """
+    num_groups = int(2 ** round(math.log2(math.sqrt(nlist))))
+    group_centroids = _kmeans(x, num_groups, cfg.kmeans_iters, cfg.seed, max_points_per_centroid=256)
+    groups = _faiss().IndexFlatL2(x.shape[1])
+    groups.add(group_centroids)
+    member = groups.search(x, 1)[1][:, 0]
+    sizes = np.bincount(member, minlength=num_groups)
+    share = np.maximum(1, np.floor(sizes / sizes.sum() * nlist)).astype(np.int64)
+    share[sizes == 0] = 0
+    for _ in range(int(nlist - share.sum())):  # largest points per centroid first
+        share[np.argmax(sizes / np.maximum(share, 1))] += 1
+    centroids, group_of = [], []
+    for g in range(num_groups):
+        points = x[member == g]
+        k = int(min(share[g], len(points)))
+        if k == 0:
+            continue
+        fine = points[:1] if k == 1 and len(points) == 1 else _kmeans(points, k, cfg.kmeans_iters, cfg.seed + 1 + g,
+                                                                       max_points_per_centroid=len(points))
+        centroids.append(fine)
+        group_of.append(np.full(k, g))
+    return np.concatenate(centroids), group_centroids, np.concatenate(group_of)
+
+
 def train_quantizer(sample: np.ndarray, cfg: AnnBuildConfig, total_tokens: Optional[int] = None) -> Quantizer:
-    """k-means centroids, then a PQ codebook on the sample's residuals.
+    """k-means centroids (two levels from TWO_LEVEL_FROM on), then a PQ codebook on the sample's residuals.
 
     sample: n x D unit tokens; total_tokens (default n) sizes the default number of centroids.
     """
@@ -141,19 +212,22 @@ def train_quantizer(sample: np.ndarray, cfg: AnnBuildConfig, total_tokens: Optio
     if nbits != cfg.pq_nbits:
         logger.warning("only %d training tokens: the product quantiser uses %d bits per code instead of %d",
                        n, nbits, cfg.pq_nbits)
-    kmeans = faiss.Kmeans(dim, nlist, niter=cfg.kmeans_iters, seed=cfg.seed, min_points_per_centroid=1,
-                          max_points_per_centroid=max(256, n // nlist + 1))
-    kmeans.train(sample)
-    centroids = kmeans.centroids
-    lists = kmeans.index.search(sample, 1)[1][:, 0]
+    if nlist >= TWO_LEVEL_FROM:
+        centroids, group_centroids, group_of = _two_level_kmeans(sample, nlist, cfg)
+    else:
+        centroids = _kmeans(sample, nlist, cfg.kmeans_iters, cfg.seed, max_points_per_centroid=max(256, n // nlist + 1))
+        group_centroids = group_of = None
+    placeholder = np.zeros((1, 1, dim), np.float32)  # the codebook comes next; assignment does not need it
+    lists = Quantizer(centroids, placeholder, group_centroids, group_of).assign(sample)
     pq = faiss.ProductQuantizer(dim, cfg.pq_m, nbits)
     pq.cp.seed = cfg.seed + 1
     pq.cp.min_points_per_centroid = 1
     pq.cp.max_points_per_centroid = 64  # 16k points per sub-quantiser are plenty for 256 codes
     pq.train(np.ascontiguousarray(sample - centroids[lists]))
     codebook = faiss.vector_to_array(pq.centroids).reshape(cfg.pq_m, 2 ** nbits, dim // cfg.pq_m)
-    logger.info("trained the ANN quantiser: %d tokens, %d centroids, %d-byte codes", n, nlist, cfg.pq_m)
-    return Quantizer(centroids, codebook)
+    logger.info("trained the ANN quantiser: %d tokens, %d centroids%s, %d-byte codes", n, len(centroids),
+                "" if group_of is None else f" in {len(group_centroids)} groups", cfg.pq_m)
+    return Quantizer(centroids, codebook, group_centroids, group_of)
 
 
 def sample_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
@@ -261,36 +335,57 @@ class AnnIndex:
             yield slice(start, start + size)
             start += size
 
-    def _centroid_scores(self, cent_sim: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-        """Stage 2: scores with every token replaced by its centroid. Returns C."""
-        nlist = self.quantizer.nlist
-        table = torch.cat([cent_sim.t(), cent_sim.new_zeros(1, cent_sim.shape[0])])  # (nlist+1) x n
-        lists = self._lists_t[torch.from_numpy(rows)]  # C x L
-        lists = torch.where(lists < 0, nlist, lists)  # padded slots point at the ignored row
+    def _centroid_scores(self, cent_sim: torch.Tensor, rows: np.ndarray, videos_per_chunk: int = 256) -> torch.Tensor:
+        """Stage 2: scores with every token replaced by its centroid. Returns C.
+
+        In chunks of candidates, like `_pq_scores`, so that the gathered similarities stay in cache.
+        """
+        n = cent_sim.shape[0]
+        table = torch.cat([cent_sim.t(), cent_sim.new_full((1, n), float("-inf"))])  # (nlist+1) x n
+        r = torch.from_numpy(rows)
         total = cent_sim.new_zeros(len(rows))
-        for part in self._branch_slices():
-            # max over the branch's tokens of each query token's similarity: C x n
-            best = F.embedding_bag(lists[:, part], table, mode="max", padding_idx=nlist)
-            total += best.mean(1)
+        for a in range(0, len(rows), videos_per_chunk):
+            lists = self._lists_t[r[a:a + videos_per_chunk]]  # c x L
+            lists = torch.where(lists < 0, self.quantizer.nlist, lists)  # padded slots: the -inf row
+            sim = table.index_select(0, lists.view(-1)).view(len(lists), -1, n)  # c x L x n
+            total[a:a + videos_per_chunk] = self._branch_sum(sim)
         return total
 
-    def _pq_scores(self, q: torch.Tensor, cent_sim: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-        """Stage 3: scores on centroid + PQ residual, by lookup tables (no decompression). Returns C."""
+    def _branch_sum(self, sim: torch.Tensor) -> torch.Tensor:
+        """c x L x n token similarities (-inf on padded slots) -> c: sum over branches of the mean
+        over query tokens of the best token; a branch without tokens adds 0."""
+        total = sim.new_zeros(sim.shape[0])
+        for part in self._branch_slices():
+            best = sim[:, part].amax(dim=1)  # c x n
+            total += torch.where(torch.isfinite(best), best, torch.zeros(())).mean(1)
+        return total
+
+    def _pq_scores(self, q: torch.Tensor, cent_sim: torch.Tensor, rows: np.ndarray,
+                   tokens_per_chunk: int = 4096) -> torch.Tensor:
+        """Stage 3: scores on centroid + PQ residual, by lookup tables (no decompression). Returns C.
+
+        Candidates are scored in chunks of about `tokens_per_chunk` tokens so that one chunk's
+        similarities (tokens x query tokens) stay in the CPU cache: three times faster than one
+        pass over all candidates at a few thousand of them.
+        """
         quant = self.quantizer
         n = q.shape[0]
         # lut[j * ksub + k, i] = <sub-vector j of query token i, codeword k of sub-quantiser j>
         sub = q.view(n, quant.m, quant.dsub).transpose(0, 1)  # m x n x dsub
         lut = torch.bmm(quant._codebook_t, sub.transpose(1, 2)).reshape(quant.m * quant.ksub, n)
+        table = torch.cat([cent_sim.t(), cent_sim.new_full((1, n), float("-inf"))])  # (nlist+1) x n
+        offsets = torch.arange(quant.m) * quant.ksub
         r = torch.from_numpy(rows)
-        lists = self._lists_t[r]  # C x L
-        codes = self._codes_t[r].long() + torch.arange(quant.m) * quant.ksub  # C x L x m
-        sim = F.embedding_bag(codes.view(-1, quant.m), lut, mode="sum")  # (C L) x n
-        sim += cent_sim.t().index_select(0, lists.clamp(min=0).view(-1))
-        sim = sim.view(len(rows), -1, n).masked_fill((lists < 0)[..., None], float("-inf"))  # C x L x n
+        slots = self._lists_t.shape[1]
+        step = max(1, tokens_per_chunk // slots)
         total = q.new_zeros(len(rows))
-        for part in self._branch_slices():
-            best = sim[:, part].amax(dim=1)  # C x n
-            total += torch.where(torch.isfinite(best), best, torch.zeros(())).mean(1)
+        for a in range(0, len(rows), step):
+            chunk = r[a:a + step]
+            lists = self._lists_t[chunk]  # c x L
+            lists = torch.where(lists < 0, quant.nlist, lists).view(-1)  # padded slots: the -inf row
+            codes = self._codes_t[chunk].view(-1, quant.m).long() + offsets  # (c L) x m
+            sim = F.embedding_bag(codes, lut, mode="sum") + table.index_select(0, lists)  # (c L) x n
+            total[a:a + step] = self._branch_sum(sim.view(len(chunk), slots, n))
         return total
 
     def search(self, fetch: FetchFn, q: torch.Tensor, q_mask: torch.Tensor, top: int, cfg: AnnSearchConfig,
@@ -314,7 +409,8 @@ class AnnIndex:
         if not len(rows):
             return SearchResult(np.zeros(0, np.int64), empty, np.zeros((0, self.num_branches), np.float32), 0)
         vids = self.vids[rows]
-        per_branch = exact_scores(q, q_mask, fetch(vids), interaction)  # C x B
+        per_branch = torch.cat([exact_scores(q, q_mask, fetch(vids[a:a + EXACT_CHUNK]), interaction)
+                                for a in range(0, len(vids), EXACT_CHUNK)])  # C x B
         total = per_branch.sum(1).numpy()
         # Highest score first; among equal scores the lower id, as the exhaustive search orders them.
         order = np.lexsort((vids, -total))[:top]

@@ -1,6 +1,6 @@
 """Approximate-search data of an index on disk, kept in step with its shards.
 
-    INDEX/ann/quantizer.safetensors   centroids and PQ codebook (header: build settings, checkpoint)
+    INDEX/ann/quantizer.safetensors   centroids (and their groups) and PQ codebook (header: settings, checkpoint)
     INDEX/ann/<shard>.safetensors     per shard: video ids, centroid ids and PQ codes of its videos
 
 The quantiser is trained once, on a sample of the indexed tokens; later runs that add videos only
@@ -17,7 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from .ann import AnnBuildConfig, AnnIndex, CodedVideos, Quantizer, encode_videos, sample_rows, train_quantizer
+from .ann import (AnnBuildConfig, AnnIndex, CodedVideos, Quantizer, encode_videos, sample_rows, train_quantizer,
+                  training_tokens)
 from .store import IndexReader, SearchIndexError, Shard, write_shard
 
 logger = logging.getLogger(__name__)
@@ -32,9 +33,9 @@ def _folder(index_dir: str) -> str:
 
 def _train(reader: IndexReader, cfg: AnnBuildConfig) -> Quantizer:
     per_video = sum(reader.manifest["tokens_per_branch"][b] for b in reader.branches)
-    rows = sample_rows(len(reader), max(1, math.ceil(cfg.train_tokens / per_video)), cfg.seed)
-    sample = np.concatenate([b.tokens[b.mask].numpy() for b in reader.fetch(rows)])  # n x D
     total = int(len(reader) * per_video)
+    rows = sample_rows(len(reader), max(1, math.ceil(training_tokens(cfg, total) / per_video)), cfg.seed)
+    sample = np.concatenate([b.tokens[b.mask].numpy() for b in reader.fetch(rows)])  # n x D
     return train_quantizer(sample, cfg, total_tokens=total)
 
 
@@ -51,7 +52,7 @@ def update_ann(index_dir: str, manifest: dict, cfg: AnnBuildConfig, retrain: boo
         for name in os.listdir(folder):
             os.remove(os.path.join(folder, name))
         quantizer = _train(reader, cfg)
-        write_shard(qpath, {"centroids": quantizer.centroids, "codebook": quantizer.codebook},
+        write_shard(qpath, quantizer.arrays(),
                     {"config": dataclasses.asdict(cfg), "checkpoint_sha256": sha})
     else:
         quantizer = load_quantizer(index_dir, sha)
@@ -79,7 +80,8 @@ def load_quantizer(index_dir: str, sha256: str) -> Quantizer:
     shard = Shard(os.path.join(_folder(index_dir), QUANTIZER))
     if shard.meta.get("checkpoint_sha256") != sha256:
         raise SearchIndexError(f"{shard.path} was trained on another model's tokens; rebuild it with --ann_retrain")
-    return Quantizer(np.asarray(shard.array("centroids")), np.asarray(shard.array("codebook")))
+    names = [n for n in ("centroids", "codebook", "group_centroids", "group_of") if n in shard.names()]
+    return Quantizer(**{n: np.asarray(shard.array(n)) for n in names})
 
 
 def load_ann(reader: IndexReader) -> Optional[AnnIndex]:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..utils.launch import Runtime
 from ..utils.sampling import shard_range
-from .ann import AnnBuildConfig
+from .ann_config import AnnBuildConfig
 from .model_ref import SearchModel, check_index_model, checkpoint_identity, load_search_model
 from .store import (FORMAT, FORMAT_VERSION, ManifestUnreadable, SearchIndexError, Shard, list_shards, read_manifest, shard_dir,
                     write_manifest, write_shard)

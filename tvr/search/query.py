@@ -11,7 +11,7 @@ import torch
 
 from ..dataloaders.base import count_long_captions
 from ..models.modeling import TokenSet
-from .ann import AnnSearchConfig
+from .ann_config import AnnSearchConfig
 from .model_ref import SearchModel, check_index_model, checkpoint_identity, load_search_model
 from .store import IndexReader, SearchIndexError
 

@@ -99,6 +99,9 @@ class Shard:
     def checkpoint_sha256(self) -> Optional[str]:
         return self.meta.get("checkpoint_sha256")
 
+    def names(self) -> List[str]:
+        return list(self._specs)
+
     def array(self, name: str) -> np.ndarray:
         if name not in self._maps:
             if name not in self._specs:

@@ -1,0 +1,27 @@
+"""Settings of the approximate index: how it is built and how hard a query searches it.
+
+A module of its own (no torch, no faiss) so that the command line takes its defaults from here.
+The search defaults are the fastest setting measured to reach recall@10 >= 0.95 against
+exhaustive search on 100k synthetic videos (bench/bench_search.py; README, "At scale").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class AnnBuildConfig:
+    nlist: int = 0  # centroids; 0: chosen from the number of tokens (ann.default_nlist)
+    pq_m: int = 32  # bytes per token code; must divide the embedding size
+    pq_nbits: int = 8  # bits per sub-quantiser code (lowered automatically for tiny corpora)
+    train_tokens: int = 0  # tokens sampled to train both quantisers; 0: ann.training_tokens decides
+    kmeans_iters: int = 10
+    seed: int = 0
+
+
+@dataclass
+class AnnSearchConfig:
+    nprobe: int = 64  # centroids probed per query token; their lists' videos are the candidates
+    centroid_candidates: int = 16384  # stage 2: candidates scored with tokens replaced by centroids
+    pq_candidates: int = 8192  # stage 3: candidates scored on decompressed tokens (centroid + PQ)
+    rerank: int = 1024  # stage 4: candidates scored exactly on the stored tokens
