@@ -2,7 +2,7 @@
 
     python bench/bench_search.py --videos 10000,100000 --queries 100
     python bench/bench_search.py --videos 10000,100000 --queries 100 --noise_rank 0   # isotropic noise
-    python bench/bench_search.py --videos 1000000 --queries 20   # large: generated and coded in shards
+    python bench/bench_search.py --videos 1000000 --queries 30   # large: generated and coded in shards
 
 Corpus: tvr.search.synthetic (clustered tokens, Zipf-popular concepts, a query planted on a random
 video), 12 frame tokens + 14 video tokens of 512 dims per video (26 vectors, as in the paper's
@@ -156,7 +156,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", default="10000,100000", help="corpus sizes, comma-separated")
     p.add_argument("--queries", type=int, default=100)
-    p.add_argument("--threads", default="1", help="thread counts to query with, comma-separated")
+    p.add_argument("--threads", default="2", help="thread counts to build and query with, comma-separated")
     p.add_argument("--work_dir", default="/tmp/bench_search")
     p.add_argument("--shard", type=int, default=20000, help="videos per build shard")
     p.add_argument("--noise_rank", type=int, default=48,
@@ -164,8 +164,10 @@ def main(argv=None):
     p.add_argument("--nlist", type=int, default=0)
     p.add_argument("--pq_m", type=int, default=32)
     p.add_argument("--train_tokens", type=int, default=0, help="0: the index's default (training_tokens)")
-    p.add_argument("--settings", default="16,4096,1024,256",
-                   help="search settings 'nprobe,centroid_candidates,pq_candidates,rerank', ';'-separated")
+    d = ann.AnnSearchConfig()
+    p.add_argument("--settings", default=f"{d.nprobe},{d.centroid_candidates},{d.pq_candidates},{d.rerank}",
+                   help="search settings 'nprobe,centroid_candidates,pq_candidates,rerank', ';'-separated "
+                        "(default: the search's defaults)")
     p.add_argument("--out", default=None, help="append the JSON results to this file")
     args = p.parse_args(argv)
     import faiss

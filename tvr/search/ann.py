@@ -6,18 +6,21 @@ and its residual to that centroid is coded by a faiss product quantiser (`pq_m` 
 Fine centroids make the centroid estimates and the probing sharp, but flat k-means and exhaustive
 assignment cost tokens x centroids: from `TWO_LEVEL_FROM` centroids on, they are trained in two
 levels (k-means into about sqrt(nlist) groups, then k-means inside each group) and a token is
-assigned to the nearest centroid of its `ASSIGN_PROBE` nearest groups. Per video we keep its tokens' centroid ids and PQ codes in fixed slots
-(frame tokens, then video tokens), and an inverted list from each centroid to the videos with a
-token there. A query is answered in four stages, each keeping the best of the previous one:
+assigned to the nearest centroid of its `ASSIGN_PROBE` nearest groups.
+
+Per video we keep its tokens' centroid ids and PQ codes in fixed slots (frame tokens, then video
+tokens), and an inverted list from each centroid to the videos with a token there. A query is
+answered in four stages, each keeping the best of the previous one:
 
 1. every valid query token probes its `nprobe` nearest centroids; the videos in those lists are
    the candidates, estimated from the probed lists alone (a query token that did not reach a
    video counts the similarity of its first unprobed centroid, an upper bound);
 2. `centroid_candidates` of them are scored with every token replaced by its centroid;
-3. `pq_candidates` of those are scored on decompressed tokens (centroid + PQ residual);
+3. `pq_candidates` of those are scored on centroid + PQ residual (lookup tables, no decompression);
 4. `rerank` of those are scored exactly with `mean_max_sim` on the stored tokens.
 The returned scores are therefore the exhaustive scores; only the candidate set is approximate.
-Stage sizes trade recall for latency: bench/bench_search.py measures both.
+Stage sizes trade recall for latency: bench/bench_search.py measures both. Stages 2-4 work in
+chunks of candidates small enough for the CPU cache; that, more than the arithmetic, sets their speed.
 """
 from __future__ import annotations
 
@@ -295,9 +298,9 @@ class AnnIndex:
         return len(self.vids)
 
     def nbytes(self) -> int:
-        """Memory used for candidate generation: centroids, codebook, centroid ids, codes, lists."""
-        q = self.quantizer
-        return int(q.centroids.nbytes + q.codebook.nbytes + self.lists.nbytes + self.codes.nbytes
+        """Memory used for candidate generation: quantiser, centroid ids, codes, inverted lists."""
+        quantizer = sum(a.nbytes for a in self.quantizer.arrays().values())
+        return int(quantizer + self.lists.nbytes + self.codes.nbytes
                    + self.offsets.nbytes + self.entries.nbytes // 2)  # entries fit in int32
 
     # ---- stages -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ class AnnBuildConfig:
 
 @dataclass
 class AnnSearchConfig:
-    nprobe: int = 64  # centroids probed per query token; their lists' videos are the candidates
-    centroid_candidates: int = 16384  # stage 2: candidates scored with tokens replaced by centroids
-    pq_candidates: int = 8192  # stage 3: candidates scored on decompressed tokens (centroid + PQ)
+    nprobe: int = 96  # centroids probed per query token; their lists' videos are the candidates
+    centroid_candidates: int = 24576  # stage 2: candidates scored with tokens replaced by centroids
+    pq_candidates: int = 12288  # stage 3: candidates scored on decompressed tokens (centroid + PQ)
     rerank: int = 1024  # stage 4: candidates scored exactly on the stored tokens
