@@ -161,7 +161,7 @@ def test_recall_against_exhaustive(built, corpus):
 def test_quantizer_survives_the_index_file(built, corpus, tmp_path):
     """What update_ann writes, load_quantizer reads back: the same centroids, groups and codes."""
     from tvr.search.ann_store import ANN_DIR, QUANTIZER, load_quantizer
-    from tvr.search.store import write_shard
+    from tvr.search.store import SearchIndexError, write_shard
 
     quant = built[0]
     (tmp_path / ANN_DIR).mkdir()
@@ -173,3 +173,8 @@ def test_quantizer_survives_the_index_file(built, corpus, tmp_path):
     x = corpus[1][:200][corpus[2][:200]].astype(np.float32)
     np.testing.assert_array_equal(loaded.assign(x), quant.assign(x))
     np.testing.assert_array_equal(loaded.encode(x, quant.assign(x)), quant.encode(x, quant.assign(x)))
+    # arrays that do not fit together are refused with the file's name
+    broken = dict(quant.arrays(), codebook=quant.codebook[:, :, :-1])
+    write_shard(str(tmp_path / ANN_DIR / QUANTIZER), broken, {"checkpoint_sha256": "abc"})
+    with pytest.raises(SearchIndexError, match=QUANTIZER):
+        load_quantizer(str(tmp_path), "abc")
