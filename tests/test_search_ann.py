@@ -178,3 +178,13 @@ def test_quantizer_survives_the_index_file(built, corpus, tmp_path):
     write_shard(str(tmp_path / ANN_DIR / QUANTIZER), broken, {"checkpoint_sha256": "abc"})
     with pytest.raises(SearchIndexError, match=QUANTIZER):
         load_quantizer(str(tmp_path), "abc")
+
+
+def test_two_level_training_gives_the_requested_number_of_centroids():
+    """Groups of very different sizes (a dense blob, scattered points): the minimum of one centroid per
+    group and the rounding of the shares still add up to exactly nlist."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal((3000, 16)) * 0.01, rng.standard_normal((200, 16)) * 5]).astype(np.float32)
+    centroids, group_centroids, group_of = ann._two_level_kmeans(x, 2048, ann.AnnBuildConfig(kmeans_iters=3))
+    assert centroids.shape == (2048, 16) and group_of.shape == (2048,)
+    assert 0 <= group_of.min() and group_of.max() < len(group_centroids)

@@ -185,7 +185,9 @@ def _two_level_kmeans(x: np.ndarray, nlist: int, cfg: AnnBuildConfig):
     sizes = np.bincount(member, minlength=num_groups)
     share = np.maximum(1, np.floor(sizes / sizes.sum() * nlist)).astype(np.int64)
     share[sizes == 0] = 0
-    for _ in range(int(nlist - share.sum())):  # largest points per centroid first
+    while share.sum() > nlist:  # the minimum of one per group overshot: take from the largest shares
+        share[np.argmax(share)] -= 1
+    for _ in range(int(nlist - share.sum())):  # the rounding left some: largest points per centroid first
         share[np.argmax(sizes / np.maximum(share, 1))] += 1
     centroids, group_of = [], []
     for g in range(num_groups):
