@@ -180,11 +180,12 @@ def test_quantizer_survives_the_index_file(built, corpus, tmp_path):
         load_quantizer(str(tmp_path), "abc")
 
 
-def test_two_level_training_gives_the_requested_number_of_centroids():
-    """Groups of very different sizes (a dense blob, scattered points): the minimum of one centroid per
-    group and the rounding of the shares still add up to exactly nlist."""
-    rng = np.random.default_rng(0)
-    x = np.concatenate([rng.standard_normal((3000, 16)) * 0.01, rng.standard_normal((200, 16)) * 5]).astype(np.float32)
-    centroids, group_centroids, group_of = ann._two_level_kmeans(x, 2048, ann.AnnBuildConfig(kmeans_iters=3))
-    assert centroids.shape == (2048, 16) and group_of.shape == (2048,)
-    assert 0 <= group_of.min() and group_of.max() < len(group_centroids)
+def test_two_level_shares():
+    """Centroids per group: in proportion to the points, one at least, exactly the total."""
+    # 4,033 points in one group and 63 singletons, 2,048 centroids: the proportional floors give
+    # 2,016 + 63 x 0, the minimum of one lifts that to 2,079, so 31 come off the big group.
+    share = ann._shares(np.array([4033] + [1] * 63 + [0]), 2048)
+    np.testing.assert_array_equal(share, [2048 - 63] + [1] * 63 + [0])
+    # the rounding leaves centroids over: they go where points per centroid are highest
+    np.testing.assert_array_equal(ann._shares(np.array([10, 10, 5]), 4), [2, 1, 1])
+    np.testing.assert_array_equal(ann._shares(np.array([3, 3, 3]), 9), [3, 3, 3])

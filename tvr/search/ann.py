@@ -171,6 +171,19 @@ def _kmeans(x: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroi
     return kmeans.centroids
 
 
+def _shares(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split `total` centroids over groups of `sizes` points: in proportion, at least one per
+    non-empty group, none for an empty one, summing to exactly `total` (when there are enough groups
+    with points; never more than `total`)."""
+    share = np.maximum(1, np.floor(sizes / sizes.sum() * total)).astype(np.int64)
+    share[sizes == 0] = 0
+    while share.sum() > total:  # the minimum of one per group overshot: take from the largest shares
+        share[np.argmax(share)] -= 1
+    for _ in range(int(total - share.sum())):  # the rounding left some: most points per centroid first
+        share[np.argmax(sizes / np.maximum(share, 1))] += 1
+    return share
+
+
 def _two_level_kmeans(x: np.ndarray, nlist: int, cfg: AnnBuildConfig):
     """Groups by k-means, then each group's share of the nlist centroids by k-means on its points.
 
@@ -182,13 +195,7 @@ def _two_level_kmeans(x: np.ndarray, nlist: int, cfg: AnnBuildConfig):
     groups = _faiss().IndexFlatL2(x.shape[1])
     groups.add(group_centroids)
     member = groups.search(x, 1)[1][:, 0]
-    sizes = np.bincount(member, minlength=num_groups)
-    share = np.maximum(1, np.floor(sizes / sizes.sum() * nlist)).astype(np.int64)
-    share[sizes == 0] = 0
-    while share.sum() > nlist:  # the minimum of one per group overshot: take from the largest shares
-        share[np.argmax(share)] -= 1
-    for _ in range(int(nlist - share.sum())):  # the rounding left some: largest points per centroid first
-        share[np.argmax(sizes / np.maximum(share, 1))] += 1
+    share = _shares(np.bincount(member, minlength=num_groups), nlist)
     centroids, group_of = [], []
     for g in range(num_groups):
         points = x[member == g]
