@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tvr.models.similarity import mean_max_sim  # noqa: E402
 from tvr.search import ann  # noqa: E402
+from tvr.search.store import read_ahead  # noqa: E402
 from tvr.search.synthetic import CorpusSpec, SyntheticCorpus  # noqa: E402
 
 ARRAYS = ("frames", "frame_mask", "video", "video_mask")
@@ -79,6 +80,13 @@ def fetch_fn(arrays):
             out.append(ann.TokenBatch(t, m))
         return out
     return fetch
+
+
+def prefetch_fn(arrays):
+    def prefetch(vids: np.ndarray):
+        for name in ("frames", "video"):
+            read_ahead(arrays[name], vids)
+    return prefetch
 
 
 def exhaustive_top(arrays, queries: torch.Tensor, k: int, chunk: int = 4096):
@@ -203,16 +211,16 @@ def main(argv=None):
             anon_gib()
             np.savez(cache, **index.quantizer.arrays(), vids=index.vids,
                      lists=index.lists, codes=index.codes, train_s=t_train, build_s=t_build, build_rss=build_rss)
-        fetch = fetch_fn(arrays)
+        fetch, prefetch = fetch_fn(arrays), prefetch_fn(arrays)
         q_mask = torch.ones(queries.shape[1], dtype=torch.bool)
         for nthreads, setting in [(t, s) for t in threads for s in parse_settings(args.settings)]:
             torch.set_num_threads(nthreads)
             faiss.omp_set_num_threads(nthreads)
-            index.search(fetch, queries[0], q_mask, 10, setting)  # warm-up
+            index.search(fetch, queries[0], q_mask, 10, setting, prefetch=prefetch)  # warm-up
             recall, planted, wall, cpu, cands = [], [], [], [], []
             for i in range(len(queries)):
                 w0, c0 = time.perf_counter(), time.process_time()
-                res = index.search(fetch, queries[i], q_mask, 10, setting)
+                res = index.search(fetch, queries[i], q_mask, 10, setting, prefetch=prefetch)
                 wall.append(time.perf_counter() - w0)
                 cpu.append(time.process_time() - c0)
                 recall.append(len(set(res.vids.tolist()) & set(gt[i].tolist())) / 10)

@@ -196,6 +196,38 @@ def test_fetch_returns_the_requested_rows_across_shards(index_dir):
         assert torch.equal(a.tokens, b.tokens[rows]) and torch.equal(a.mask, b.mask[rows])
 
 
+def test_prefetch_announces_exactly_the_rows_fetch_reads(index_dir, monkeypatch):
+    """Every announced byte range is one requested row of one branch's tokens, read back from the file
+    (an independent expectation: the bytes at the advised offsets are the tokens fetch returns)."""
+    reader = IndexReader(index_dir)
+    rows = np.random.default_rng(1).permutation(len(reader))[:7]
+    advised = []
+    opened = {}
+    real_open = os.open
+
+    def recording_open(path, flags):
+        fd = real_open(path, flags)
+        opened[fd] = path
+        return fd
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: advised.append(
+        (opened[fd], offset, length, advice)), raising=False)
+    reader.prefetch(rows)
+    assert len(advised) == len(rows) * len(reader.branches)
+    assert all(advice == os.POSIX_FADV_WILLNEED for *_, advice in advised)
+    expected = set()
+    for b, batch in zip(reader.branches, reader.fetch(rows)):
+        for tokens in batch.tokens:
+            expected.add(tokens.half().numpy().tobytes())
+    found = set()
+    for path, offset, length, _ in advised:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            found.add(f.read(length))
+    assert found == expected
+
+
 def test_best_time_is_the_frame_most_query_tokens_pick(index_dir):
     searcher = Searcher(index_dir)
     res = searcher.search(["a red circle moves left"], top=1)[0]
@@ -291,8 +323,12 @@ def test_ann_search_through_the_index(dataset, checkpoint, tmp_path, capsys):
     from tvr.search.ann import AnnSearchConfig
 
     exact = searcher.search(queries, top=5)
+    announced = []
+    real_prefetch = searcher.reader.prefetch
+    searcher.reader.prefetch = lambda rows: announced.append(rows) or real_prefetch(rows)
     approx = searcher.search(queries, top=5, ann=AnnSearchConfig(nprobe=64, centroid_candidates=64,
                                                                     pq_candidates=64, rerank=64))
+    assert [sorted(r.tolist()) for r in announced] == [list(range(15))] * 2  # the re-rank reads are announced
     for e, a in zip(exact, approx):  # a 15-video index: every video is a candidate, re-ranked exactly
         assert [h.key for h in a.hits] == [h.key for h in e.hits]
         np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in e.hits], atol=1e-5)

@@ -146,10 +146,19 @@ def test_recall_against_exhaustive(built, corpus):
     exact = sum(mean_max_sim(q, q_mask, torch.from_numpy(t).float(), torch.from_numpy(m))
                 for t, m in ((f, fm), (v, vm)))  # Nq x N
     cfg = ann.AnnSearchConfig(nprobe=8, centroid_candidates=1024, pq_candidates=512, rerank=128)
-    fetch = fetch_for(f, fm, v, vm)
+    fetched, announced = [], []
+
+    def fetch(vids):
+        assert len(announced) == 1  # announced once, before the first fetch
+        fetched.append(np.array(vids))
+        return fetch_for(f, fm, v, vm)(vids)
+
     recalls, candidates = [], []
     for i in range(len(q)):
-        res = index.search(fetch, q[i], q_mask[i], 10, cfg)
+        fetched.clear()
+        announced.clear()
+        res = index.search(fetch, q[i], q_mask[i], 10, cfg, prefetch=lambda vids: announced.append(np.array(vids)))
+        assert len(announced) == 1 and np.array_equal(np.sort(announced[0]), np.sort(np.concatenate(fetched)))
         truth = set(exact[i].topk(10).indices.tolist())
         recalls.append(len(truth & set(res.vids.tolist())) / 10)
         candidates.append(res.num_candidates)

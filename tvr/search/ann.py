@@ -45,6 +45,8 @@ class TokenBatch(NamedTuple):
 
 # fetch(vids) -> one TokenBatch per branch, rows in the order of vids
 FetchFn = Callable[[np.ndarray], List[TokenBatch]]
+# prefetch(vids): start reading what fetch will ask for (all re-rank candidates at once)
+PrefetchFn = Callable[[np.ndarray], None]
 
 
 class SearchResult(NamedTuple):
@@ -401,7 +403,7 @@ class AnnIndex:
         return total
 
     def search(self, fetch: FetchFn, q: torch.Tensor, q_mask: torch.Tensor, top: int, cfg: AnnSearchConfig,
-               interaction: str = "mms") -> SearchResult:
+               interaction: str = "mms", prefetch: Optional[PrefetchFn] = None) -> SearchResult:
         """Top `top` videos for one query. q: Lq x D float32 unit tokens, q_mask: Lq."""
         q_mask = q_mask.bool()
         qv = q[q_mask]  # n x D
@@ -421,6 +423,8 @@ class AnnIndex:
         if not len(rows):
             return SearchResult(np.zeros(0, np.int64), empty, np.zeros((0, self.num_branches), np.float32), 0)
         vids = self.vids[rows]
+        if prefetch is not None:
+            prefetch(vids)
         per_branch = torch.cat([exact_scores(q, q_mask, fetch(vids[a:a + EXACT_CHUNK]), interaction)
                                 for a in range(0, len(vids), EXACT_CHUNK)])  # C x B
         total = per_branch.sum(1).numpy()

@@ -109,8 +109,10 @@ class Searcher:
         else:
             index = self.ann()
             fetch = lambda vids: self.reader.fetch(self.reader.rows_of_vids(vids))  # noqa: E731
+            prefetch = lambda vids: self.reader.prefetch(self.reader.rows_of_vids(vids))  # noqa: E731
             for qi, q in enumerate(queries):
-                res = index.search(fetch, text.tokens[qi], text.mask[qi], top, ann, self.sm.model.config.interaction)
+                res = index.search(fetch, text.tokens[qi], text.mask[qi], top, ann, self.sm.model.config.interaction,
+                                   prefetch=prefetch)
                 rows = torch.from_numpy(self.reader.rows_of_vids(res.vids))
                 per = {b: torch.from_numpy(res.branch_scores[:, i]) for i, b in enumerate(self.reader.branches)}
                 results.append(self._result(q, text, qi, rows, torch.from_numpy(res.scores), per, truncated[qi]))
