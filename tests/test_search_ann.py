@@ -85,12 +85,12 @@ def test_stage_scores_match_naive(built):
     q = torch.nn.functional.normalize(torch.randn(5, quant.dim), dim=-1)
     rows = rng.choice(len(index), 7, replace=False)
     cent_sim = q @ torch.from_numpy(quant.centroids).t()
-    got_c = index._centroid_scores(cent_sim, rows).numpy()
-    got_pq = index._pq_scores(q, cent_sim, rows).numpy()
+    table = index._centroid_table(cent_sim)
+    got_c = index._centroid_scores(table, rows).numpy()
+    got_pq = index._pq_scores(q, table, rows).numpy()
     # the cache-sized chunks are an implementation detail: tiny chunks give the same scores
-    np.testing.assert_allclose(index._centroid_scores(cent_sim, rows, videos_per_chunk=3).numpy(), got_c, atol=1e-6)
-    np.testing.assert_allclose(index._pq_scores(q, cent_sim, rows, tokens_per_chunk=2 * len(index.lists[0])).numpy(),
-                               got_pq, atol=1e-6)
+    np.testing.assert_allclose(index._centroid_scores(table, rows, videos_per_chunk=3).numpy(), got_c, atol=1e-6)
+    np.testing.assert_allclose(index._pq_scores(q, table, rows, videos_per_chunk=2).numpy(), got_pq, atol=1e-6)
     qn = q.double().numpy()
     cb = quant.codebook.astype(np.float64)
     for i, r in enumerate(rows):
