@@ -199,9 +199,8 @@ def main(argv=None):
         cache = os.path.join(folder, f"ann_nlist{args.nlist}_m{args.pq_m}_t{args.train_tokens}.npz")
         if os.path.exists(cache):  # built by an earlier run with the same settings: reuse it and its times
             z = np.load(cache)
-            quantizer = ann.Quantizer(**{k: z[k] for k in ("centroids", "codebook", "group_centroids", "group_of") if k in z})
-            index = ann.AnnIndex(quantizer,
-                                 [ann.CodedVideos(z["vids"], z["lists"], z["codes"])], [spec.frames, spec.frames + spec.expansion])
+            index = ann.AnnIndex(ann.Quantizer.from_arrays(z), [ann.CodedVideos(z["vids"], z["lists"], z["codes"])],
+                                 [spec.frames, spec.frames + spec.expansion])
             t_train, t_build, build_rss = float(z["train_s"]), float(z["build_s"]), float(z["build_rss"])
         else:
             torch.set_num_threads(max(threads))

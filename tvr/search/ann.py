@@ -111,12 +111,19 @@ class Quantizer:
         self._centroids_t = torch.from_numpy(self.centroids)
         self._codebook_t = torch.from_numpy(self.codebook)
 
+    ARRAYS = ("centroids", "codebook", "group_centroids", "group_of")  # the groups only with two levels
+
     def arrays(self) -> dict:
-        """What to store to rebuild this quantiser: Quantizer(**arrays)."""
+        """What to store to rebuild this quantiser: Quantizer.from_arrays(arrays)."""
         out = {"centroids": self.centroids, "codebook": self.codebook}
         if self.group_of is not None:
             out.update(group_centroids=self.group_centroids, group_of=self.group_of)
         return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "Quantizer":
+        """From a mapping with `arrays()`'s names (a safetensors shard view, an npz file, a dict)."""
+        return cls(**{name: np.asarray(arrays[name]) for name in cls.ARRAYS if name in arrays})
 
     def _assigner(self):
         """faiss index whose nearest neighbour of a token is its centroid id (exact, or through groups)."""

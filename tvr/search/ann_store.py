@@ -80,9 +80,8 @@ def load_quantizer(index_dir: str, sha256: str) -> Quantizer:
     shard = Shard(os.path.join(_folder(index_dir), QUANTIZER))
     if shard.meta.get("checkpoint_sha256") != sha256:
         raise SearchIndexError(f"{shard.path} was trained on another model's tokens; rebuild it with --ann_retrain")
-    names = [n for n in ("centroids", "codebook", "group_centroids", "group_of") if n in shard.names()]
     try:
-        return Quantizer(**{n: np.asarray(shard.array(n)) for n in names})
+        return Quantizer.from_arrays({name: shard.array(name) for name in shard.names()})
     except (TypeError, ValueError) as exc:  # a missing array, or arrays that do not fit together
         raise SearchIndexError(f"{shard.path} is not a usable quantiser ({exc}); rebuild it with --ann_retrain") from exc
 
