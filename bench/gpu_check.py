@@ -31,6 +31,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 STEP_LINE = re.compile(r"epoch (\d+) step (\d+)/(\d+) loss .*\| ([\d.]+) samples/s, peak mem (\d+) MB")
+PER_EPOCH_LINE = re.compile(r"training pairs, (\d+) steps per epoch")
+RESUME_LINE = re.compile(r"resumed from .* at epoch (\d+), step (\d+)")
 
 
 def report(out: dict, path) -> None:
@@ -110,24 +112,42 @@ def autocast(args) -> int:
 
 
 def parse_train_log(path: str) -> dict:
-    steps = []
+    """Steady samples/s and peak memory from main.py's log.
+
+    Each step line's rate is cumulative from the step the epoch (or a resumed run) started at:
+    r = (step - start) x batch / seconds. So ``seconds / batch = (step - start) / r`` at every logged
+    step, and the rate between two logged steps is their step difference over that time difference.
+    ``start`` is epoch x steps-per-epoch, from the trainer's "N steps per epoch" line, or the step a
+    "resumed from ... at epoch E, step S" line names for epoch E.
+    """
+    steps, steps_per_epoch, resumed, epoch, start, segment = [], None, None, None, 0, 0
     with open(path) as f:
         for line in f:
-            m = STEP_LINE.search(line)
-            if m:
-                steps.append({"epoch": int(m.group(1)), "step": int(m.group(2)), "total": int(m.group(3)),
+            if m := PER_EPOCH_LINE.search(line):
+                steps_per_epoch, resumed, epoch = int(m.group(1)), None, None
+            elif m := RESUME_LINE.search(line):
+                resumed, epoch = (int(m.group(1)), int(m.group(2))), None
+            elif m := STEP_LINE.search(line):
+                if steps_per_epoch is None:
+                    raise ValueError(f"{path}: a step line comes before the trainer's '... steps per epoch' line")
+                if int(m.group(1)) != epoch:
+                    epoch = int(m.group(1))
+                    start = resumed[1] if resumed and resumed[0] == epoch else epoch * steps_per_epoch
+                    segment += 1  # one epoch of one run: one clock
+                steps.append({"segment": segment, "step": int(m.group(2)), "start": start,
                               "samples_per_s": float(m.group(4)), "peak_mem_mb": float(m.group(5))})
     if not steps:
         raise ValueError(f"{path}: no training step lines ('... samples/s, peak mem ... MB') found")
-    # The logged rate is cumulative from the epoch's first step: r_k = k B / t_k. Recover t_k (in units
-    # of B) and take the rate between the middle step and the last one of the last epoch.
-    last_epoch = [s for s in steps if s["epoch"] == steps[-1]["epoch"]]
-    first_step = last_epoch[0]["step"] - 1  # steps before this epoch (resume / earlier epochs)
-    k = [s["step"] - first_step for s in last_epoch]
-    t = [ki / s["samples_per_s"] for ki, s in zip(k, last_epoch)]  # seconds per global batch x k
-    mid = len(k) // 2
-    steady = (k[-1] - k[mid]) / (t[-1] - t[mid]) if len(k) > 1 and t[-1] > t[mid] else last_epoch[-1]["samples_per_s"]
-    return {"steps_logged": len(steps), "samples_per_s_cumulative": last_epoch[-1]["samples_per_s"],
+    # The second half of the last epoch's logged steps: start-up and autotuning are behind it.
+    last = [s for s in steps if s["segment"] == steps[-1]["segment"]]
+    done = [s["step"] - s["start"] for s in last]  # steps since the rate started counting
+    elapsed_per_batch = [d / s["samples_per_s"] for d, s in zip(done, last)]  # elapsed seconds / global batch
+    mid = len(last) // 2
+    if len(last) > 1 and elapsed_per_batch[-1] > elapsed_per_batch[mid]:
+        steady = (done[-1] - done[mid]) / (elapsed_per_batch[-1] - elapsed_per_batch[mid])
+    else:
+        steady = last[-1]["samples_per_s"]
+    return {"steps_logged": len(steps), "samples_per_s_cumulative": last[-1]["samples_per_s"],
             "samples_per_s_second_half": steady, "peak_mem_mb": max(s["peak_mem_mb"] for s in steps)}
 
 
@@ -143,19 +163,27 @@ def train_log(args) -> int:
 
 
 def collect(args) -> int:
-    """One JSON from the per-step files in --parts (file stem = key); missing or failed steps say so."""
-    result = {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__}
+    """One JSON from the files in --parts: each step's figures (NAME.json) under their name, each
+    step's exit status and duration (status_NAME.json) under "status", and the tail of each step's
+    output (NAME.txt) under "output_tail"; a file that is not valid JSON is reported as such."""
+    result = {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+              "status": {}, "output_tail": {}}
     for name in sorted(os.listdir(args.parts)):
         path = os.path.join(args.parts, name)
-        if name.endswith(".json"):
-            with open(path) as f:
-                try:
-                    result[name[:-5]] = json.load(f)
-                except json.JSONDecodeError as e:
-                    result[name[:-5]] = {"error": f"unreadable JSON: {e}"}
-        elif name.endswith(".txt"):
-            with open(path) as f:
-                result[name[:-4]] = f.read()[-4000:]
+        stem, ext = os.path.splitext(name)
+        with open(path) as f:
+            text = f.read()
+        if ext == ".txt":
+            result["output_tail"][stem] = text[-4000:]
+        elif ext == ".json":
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                value = {"error": f"unreadable JSON: {e}"}
+            if stem.startswith("status_"):
+                result["status"][stem[len("status_"):]] = value
+            else:
+                result[stem] = value
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     print(f"gpu_check: wrote {args.json}")

@@ -8,8 +8,12 @@
 #
 # Environment (defaults in brackets): NGPU [all visible], NUM_TRAIN [1024 synthetic training videos,
 # 3 captions each], NUM_TEST [200], BATCH_SIZE [128, global], MAX_FRAMES [12], PRECISION [fp16, the
-# training runs' autocast], WORKERS [8 per process], STEP_TIMEOUT [900 s per step], SKIP [steps to
+# training runs' autocast], WORKERS [8 per process], ENCODER [scratch:ViT-B/32], SIM_NT [1000 texts]
+# and SIM_NV [1000,10000,20000 videos] for the scoring benchmark, EVAL_SIZES
+# [1000x1000,10000x1000,10000x10000 queries x videos], STEP_TIMEOUT [900 s per step], SKIP [steps to
 # skip, space-separated: pytest train autocast similarity eval].
+# DEVICE [cuda]: DEVICE=cpu is a dry run on a machine without a GPU (every step on the CPU, where
+# autocast is off): it checks the script end to end, with small sizes, before GPU time is spent.
 # A failing step is recorded (its exit status and the tail of its output) and the next one runs;
 # the script exits non-zero if any step failed. Without CUDA it stops at once with a message.
 set -uo pipefail
@@ -23,18 +27,33 @@ BATCH_SIZE=${BATCH_SIZE:-128}
 MAX_FRAMES=${MAX_FRAMES:-12}
 PRECISION=${PRECISION:-fp16}
 WORKERS=${WORKERS:-8}
+ENCODER=${ENCODER:-scratch:ViT-B/32}
+SIM_NT=${SIM_NT:-1000}
+SIM_NV=${SIM_NV:-1000,10000,20000}
+EVAL_SIZES=${EVAL_SIZES:-1000x1000,10000x1000,10000x10000}
+DEVICE=${DEVICE:-cuda}
 STEP_TIMEOUT=${STEP_TIMEOUT:-900}
 SKIP=${SKIP:-}
 PY=${PYTHON:-python}
 
-if ! "$PY" bench/gpu_check.py require-cuda > /tmp/gpu_check_devices.$$.json; then
-  echo "gpu_check.sh: stopping: this check needs a CUDA GPU." >&2
-  rm -f /tmp/gpu_check_devices.$$.json
+if [ "$DEVICE" = cpu ]; then
+  DEVICES='{"dry_run": "DEVICE=cpu: every step on the CPU"}'
+  NGPU=${NGPU:-1}
+elif DEVICES=$("$PY" bench/gpu_check.py require-cuda); then
+  NGPU=${NGPU:-$("$PY" -c "import torch; print(torch.cuda.device_count())")}
+else
+  echo "gpu_check.sh: stopping: this check needs a CUDA GPU (DEVICE=cpu runs it as a dry run)." >&2
   exit 2
 fi
+# An earlier result in OUT_DIR is kept under its time stamp, so that its parts do not mix with these.
+if [ -e "$OUT_DIR/gpu_check.json" ] || [ -e "$PARTS" ]; then
+  STAMP=$(date +%Y%m%d-%H%M%S)
+  [ -e "$PARTS" ] && mv "$PARTS" "$PARTS.$STAMP"
+  [ -e "$OUT_DIR/gpu_check.json" ] && mv "$OUT_DIR/gpu_check.json" "$OUT_DIR/gpu_check.$STAMP.json"
+  echo "gpu_check: the earlier result in $OUT_DIR is kept with the suffix .$STAMP"
+fi
 mkdir -p "$PARTS"
-mv /tmp/gpu_check_devices.$$.json "$PARTS/devices.json"
-NGPU=${NGPU:-$("$PY" -c "import torch; print(torch.cuda.device_count())")}
+echo "$DEVICES" > "$PARTS/devices.json"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 FAILED=()
 
@@ -74,7 +93,7 @@ train_run() {  # LABEL NPROC GRAD_CHECKPOINTING
   local label=$1 nproc=$2 gc=$3 run="$OUT_DIR/runs/$1"
   step "run_$label" "$PY" -m torch.distributed.run --standalone --nproc_per_node "$nproc" main.py \
     --do_train 1 --do_eval 1 --overwrite 1 --anno_path "$DATA/anns" --video_path "$DATA/videos" \
-    --base_encoder scratch:ViT-B/32 --output_dir "$run" --epochs 1 --batch_size "$BATCH_SIZE" \
+    --base_encoder "$ENCODER" --output_dir "$run" --epochs 1 --batch_size "$BATCH_SIZE" \
     --batch_size_val "$BATCH_SIZE" --max_frames "$MAX_FRAMES" --max_words 32 --video_framerate 2 \
     --lr 1e-4 --coef_lr 1 --precision "$PRECISION" --workers "$WORKERS" --n_display 2 \
     --grad_checkpointing "$gc" \
@@ -96,7 +115,7 @@ fi
 if ! skipped autocast; then
   if [ -f "$OUT_DIR/runs/1gpu/best.pth" ]; then
     step autocast "$PY" bench/gpu_check.py autocast --checkpoint "$OUT_DIR/runs/1gpu/best.pth" \
-      --workers "$WORKERS" --json "$PARTS/autocast.json"
+      --device "$DEVICE" --workers "$WORKERS" --json "$PARTS/autocast.json"
   else
     echo "gpu_check: autocast skipped: no $OUT_DIR/runs/1gpu/best.pth (the training step did not run or failed)" >&2
     FAILED+=("autocast")
@@ -105,14 +124,13 @@ fi
 
 # 4. Scoring against a bare matmul, and evaluation at scale, on CUDA.
 if ! skipped similarity; then
-  step similarity "$PY" bench/bench_similarity.py --device cuda --nt 1000 --nv 1000,10000,20000 --repeats 5 \
+  step similarity "$PY" bench/bench_similarity.py --device "$DEVICE" --nt "$SIM_NT" --nv "$SIM_NV" --repeats 5 \
     --json "$PARTS/similarity_fp32.json"
-  step similarity_bf16 "$PY" bench/bench_similarity.py --device cuda --dtype bfloat16 --nt 1000 --nv 1000,10000 \
-    --repeats 5 --json "$PARTS/similarity_bf16.json"
+  step similarity_bf16 "$PY" bench/bench_similarity.py --device "$DEVICE" --dtype bfloat16 --nt "$SIM_NT" \
+    --nv "$SIM_NV" --repeats 5 --json "$PARTS/similarity_bf16.json"
 fi
 if ! skipped eval; then
-  step eval_tokens "$PY" bench/bench_eval.py tokens --sizes 1000x1000,10000x1000,10000x10000 \
-    --json "$PARTS/eval_tokens.json"
+  step eval_tokens "$PY" bench/bench_eval.py tokens --sizes "$EVAL_SIZES" --json "$PARTS/eval_tokens.json"
 fi
 
 "$PY" bench/gpu_check.py collect --parts "$PARTS" --json "$OUT_DIR/gpu_check.json"
