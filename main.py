@@ -25,7 +25,7 @@ from tvr.dataloaders.probe import UndecodableVideosError, check_eval_videos
 from tvr.engine.evaluate import evaluate, load_temporal_queries, log_results, results_summary, temporal_metrics
 from tvr.engine.examples import save_examples
 from tvr.engine.model_io import build_model, stored_config
-from tvr.engine.trainer import BEST, TrainOptions, fit, prepare_output_dir
+from tvr.engine.trainer import BEST, PROBE_CACHE, TrainOptions, clear_previous_run, fit, prepare_output_dir
 from tvr.options import explicit_flags, parse_args
 from tvr.utils.checkpoint import atomic_save_json, extract_state_dict, load_checkpoint, load_model_weights
 from tvr.utils.launch import cleanup_distributed, setup_distributed
@@ -33,7 +33,6 @@ from tvr.utils.logger import log_args, setup_logging
 from tvr.utils.versions import package_versions
 
 logger = logging.getLogger("main")
-PROBE_CACHE = "video_probe.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -97,10 +96,10 @@ def main(argv=None) -> dict:
     runtime = setup_distributed(args.local_rank)
     setup_logging(None, runtime.rank)  # the console until the output folder is known to be ours
     try:
-        prepare_output_dir(args.output_dir, training=args.do_train, resume=args.resume, overwrite=args.overwrite,
-                           is_main=runtime.is_main)
+        replaced = prepare_output_dir(args.output_dir, training=args.do_train, resume=args.resume,
+                                      overwrite=args.overwrite, is_main=runtime.is_main)
         setup_logging(args.output_dir, runtime.rank)
-        return run(args, argv, runtime)
+        return run(args, argv, runtime, replaced)
     except Exception as e:
         # One readable line first (in log.txt too, once it is open), then the traceback for debugging.
         logger.error("fatal: %s: %s", type(e).__name__, e, exc_info=True)
@@ -109,7 +108,8 @@ def main(argv=None) -> dict:
         cleanup_distributed()
 
 
-def run(args, argv, runtime) -> dict:
+def run(args, argv, runtime, replaced=()) -> dict:
+    """``replaced``: an earlier run's files that --overwrite deletes, once this run has passed its checks."""
     log_args(args)
     logger.info("world size %d, device %s, libraries %s", runtime.world_size, runtime.device, package_versions())
     seed_everything(args.seed)
@@ -135,8 +135,6 @@ def run(args, argv, runtime) -> dict:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     logger.info("run configuration: %s", json.dumps(run_cfg.to_dict()))
-    if runtime.is_main:
-        atomic_save_json(run_cfg.to_dict(), os.path.join(args.output_dir, "config.json"))
 
     tokenizer = model.clip.tokenizer  # the backbone's own
     eval_sets = {}  # one per split file: "val" is the test split where a dataset has no validation split
@@ -152,6 +150,12 @@ def run(args, argv, runtime) -> dict:
         train_set = build_train_dataset(run_cfg.data, tokenizer=tokenizer)
         val_data = eval_set("val")
         probe_evaluation_videos([val_data] + ([eval_set("test")] if args.do_eval else []), run_cfg.data, args, runtime)
+    # Every start-up check has passed: only now is a run that --overwrite replaces deleted.
+    if runtime.is_main:
+        if replaced:
+            clear_previous_run(args.output_dir, list(replaced))
+        atomic_save_json(run_cfg.to_dict(), os.path.join(args.output_dir, "config.json"))
+    if args.do_train:
         opts = TrainOptions(
             output_dir=args.output_dir, workers=args.workers, batch_size_val=args.batch_size_val,
             n_display=args.n_display, checkpoint_every=args.checkpoint_every, keep_epochs=args.keep_epochs,

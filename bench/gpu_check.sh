@@ -11,7 +11,7 @@
 # training runs' autocast], WORKERS [8 per process], ENCODER [scratch:ViT-B/32], SIM_NT [1000 texts]
 # and SIM_NV [1000,10000,20000 videos] for the scoring benchmark, EVAL_SIZES
 # [1000x1000,10000x1000,10000x10000 queries x videos], STEP_TIMEOUT [900 s per step], SKIP [steps to
-# skip, space-separated: pytest train autocast similarity eval].
+# skip, space-separated: pytest train autocast similarity eval search].
 # DEVICE [cuda]: DEVICE=cpu is a dry run on a machine without a GPU (every step on the CPU, where
 # autocast is off): it checks the script end to end, with small sizes, before GPU time is spent.
 # A failing step is recorded (its exit status and the tail of its output) and the next one runs;
@@ -91,8 +91,9 @@ if ! skipped train || ! skipped autocast; then
 fi
 train_run() {  # LABEL NPROC GRAD_CHECKPOINTING
   local label=$1 nproc=$2 gc=$3 run="$OUT_DIR/runs/$1"
+  rm -rf "$run"  # this script's own scratch run: a failed run must not leave an earlier best.pth to test
   step "run_$label" "$PY" -m torch.distributed.run --standalone --nproc_per_node "$nproc" main.py \
-    --do_train 1 --do_eval 1 --overwrite 1 --anno_path "$DATA/anns" --video_path "$DATA/videos" \
+    --do_train 1 --do_eval 1 --anno_path "$DATA/anns" --video_path "$DATA/videos" \
     --base_encoder "$ENCODER" --output_dir "$run" --epochs 1 --batch_size "$BATCH_SIZE" \
     --batch_size_val "$BATCH_SIZE" --max_frames "$MAX_FRAMES" --max_words 32 --video_framerate 2 \
     --lr 1e-4 --coef_lr 1 --precision "$PRECISION" --workers "$WORKERS" --n_display 2 \
@@ -131,6 +132,22 @@ if ! skipped similarity; then
 fi
 if ! skipped eval; then
   step eval_tokens "$PY" bench/bench_eval.py tokens --sizes "$EVAL_SIZES" --json "$PARTS/eval_tokens.json"
+fi
+
+# 5. Search over one's own videos: the 1-GPU run's model indexes the synthetic videos on all GPUs
+#    (each process encodes its share), then one query is answered on the GPU.
+if ! skipped search; then
+  if [ -f "$OUT_DIR/runs/1gpu/best.pth" ]; then
+    rm -rf "$OUT_DIR/runs/index"  # this script's own scratch index, rebuilt from this run's model
+    step search_index "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NGPU" -m tvr.search index \
+      --checkpoint "$OUT_DIR/runs/1gpu/best.pth" --videos "$DATA/videos" --out "$OUT_DIR/runs/index" \
+      --device "$DEVICE" --workers "$WORKERS" \
+    && step search_query "$PY" -m tvr.search query --index "$OUT_DIR/runs/index" --device "$DEVICE" --json --top 3 \
+      "a red circle moves left then a blue square moves up"
+  else
+    echo "gpu_check: search skipped: no $OUT_DIR/runs/1gpu/best.pth (the training step did not run or failed)" >&2
+    FAILED+=("search")
+  fi
 fi
 
 "$PY" bench/gpu_check.py collect --parts "$PARTS" --json "$OUT_DIR/gpu_check.json"

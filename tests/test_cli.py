@@ -236,9 +236,19 @@ def test_training_into_a_finished_run_is_refused_until_overwrite(dataset, traine
     fresh = tmp_path / "run"
     main_module.main(train_args(dataset, fresh, "--keep_epochs", "1"))
     (fresh / "epoch7.pth").write_bytes(b"an old run's epoch")
+    previous = {p.name: p.read_bytes() for p in fresh.iterdir()}
+
+    # An --overwrite run that stops at a start-up check (here a mistyped encoder) deletes nothing.
+    with pytest.raises(ValueError, match="no-such-encoder"):
+        main_module.main(train_args(dataset, fresh, "--overwrite", "1", "--base_encoder", "scratch:no-such-encoder"))
+    assert all((fresh / name).read_bytes() == data for name, data in previous.items() if name != "log.txt")
+    assert (fresh / "log.txt").read_bytes().startswith(previous["log.txt"])  # the failure is appended
+
     main_module.main(train_args(dataset, fresh, "--overwrite", "1", "--keep_epochs", "1"))
     assert not (fresh / "epoch7.pth").exists()  # the old run's files were cleared, not mixed in
     assert sorted(p.name for p in fresh.glob("epoch*.pth")) == ["epoch0.pth"]
+    log = (fresh / "log.txt").read_text()
+    assert log.count("Effective arguments:") == 1 and "--overwrite: deleted the previous run's files" in log
 
 
 def test_train_sh_refuses_an_existing_run(tmp_path):

@@ -151,3 +151,36 @@ def test_two_process_gloo_gradients_equal_single_process(tmp_path):
         # d/dx_r of sum over ranks s of (s + 1) * <gathered, weight> = (1 + 2) * weight[rows of r]
         rows = slice(0, 2) if r == 0 else slice(2, 5)
         torch.testing.assert_close(u["grad"], 3 * u["weight"][rows], rtol=1e-12, atol=0)
+
+
+def test_the_process_group_backend_follows_the_device(monkeypatch):
+    """nccl reduces CUDA tensors only, so a CPU run launched on a GPU machine must get gloo; the GPU
+    machine is simulated (CUDA reported available, the process group and set_device recorded)."""
+    from tvr.utils import launch
+
+    calls = []
+    monkeypatch.setattr(launch.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(launch.torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(launch.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(launch.dist, "init_process_group", lambda backend: calls.append(("backend", backend)))
+    monkeypatch.setattr(launch.dist, "get_rank", lambda: 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+
+    cpu = launch.setup_distributed(0, "cpu")
+    assert calls == [("backend", "gloo")] and cpu.device == torch.device("cpu") and cpu.local_rank == 1
+    calls.clear()
+    for device in ("auto", "cuda"):
+        gpu = launch.setup_distributed(0, device)
+        assert calls == [("set_device", 1), ("backend", "nccl")] and gpu.device == torch.device("cuda", 1)
+        calls.clear()
+    with pytest.raises(ValueError, match="auto, cuda or cpu"):
+        launch.setup_distributed(0, "cuda:1")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_asking_for_cuda_without_it_names_the_flag():
+    from tvr.utils import launch
+
+    with pytest.raises(ValueError, match="--device cuda: no CUDA device"):
+        launch.setup_distributed(0, "cuda")

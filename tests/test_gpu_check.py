@@ -137,6 +137,7 @@ def test_cpu_dry_run_runs_every_step_and_gathers_their_figures(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((out / "gpu_check.json").read_text())
     assert set(result["status"]) == {"synthetic_data", "autocast", "similarity", "similarity_bf16", "eval_tokens",
+                                     "search_index", "search_query",
                                      *(f"{kind}_{run}" for kind in ("run", "train")
                                        for run in ("1gpu", "1gpu_gradckpt", "2gpu", "2gpu_gradckpt"))}
     assert all(s["rc"] == 0 for s in result["status"].values())
@@ -151,10 +152,14 @@ def test_cpu_dry_run_runs_every_step_and_gathers_their_figures(tmp_path):
         assert figures["max_abs_diff"] == 0.0 and figures["top1_agreement"] == 1.0
     assert [row["nv"] for row in result["similarity_fp32"]["rows"]] == [8, 16]
     assert [row["nv"] for row in result["similarity_bf16"]["rows"]] == [8, 16]
+    # the index of the 12 synthetic videos, built by 2 processes, answers the query with 3 hits
+    assert "12 videos (12 encoded now" in result["output_tail"]["search_index"]
+    answer = [line for line in result["output_tail"]["search_query"].splitlines() if line.startswith("{")]
+    assert len(json.loads(answer[-1])["results"]) == 3
 
     # A second run into the same folder keeps the first result under a time stamp; a failing step is
     # recorded, the steps after it still run, and the script exits 1.
-    proc = run_script(out, DEVICE="cpu", NGPU="1", ENCODER="scratch:no-such-encoder", SKIP="pytest similarity eval")
+    proc = run_script(out, DEVICE="cpu", NGPU="1", ENCODER="scratch:no-such-encoder", SKIP="pytest similarity eval search")
     assert proc.returncode == 1
     kept = [name for name in os.listdir(out) if name.startswith("gpu_check.") and name != "gpu_check.json"]
     assert len(kept) == 1 and json.loads((out / kept[0]).read_text())["status"] == result["status"]

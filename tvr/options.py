@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=4, help="data-loading worker processes per rank")
     g.add_argument("--n_display", type=int, default=50, help="log training statistics every N steps")
     _add_switch(g, "--resume", "continue from OUTPUT_DIR/last.pth if it exists")
-    _add_switch(g, "--overwrite", "train into an OUTPUT_DIR that holds another run, deleting that run's checkpoints first")
+    _add_switch(g, "--overwrite", "train into an OUTPUT_DIR that holds another run, deleting that run's files once this run has passed its start-up checks")
     g.add_argument("--init_model", default=None, help="checkpoint (.pth, .pt, .bin) whose model and configuration initialise the model")
     g.add_argument("--checkpoint_every", type=int, default=500, help="also write last.pth every N steps (0: per epoch only)")
     g.add_argument("--keep_epochs", type=int, default=0, help="keep the newest N per-epoch checkpoints epochN.pth (best.pth and last.pth are always kept)")

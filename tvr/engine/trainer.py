@@ -28,6 +28,7 @@ from ..models.modeling import VideoColBERT
 from ..utils.checkpoint import atomic_save, load_checkpoint, load_model_weights, rng_state, set_rng_state
 from ..utils.curves import plot_curves
 from ..utils.launch import Runtime
+from ..utils.logger import drop_earlier_log_lines
 from ..utils.optim import build_optimizer, build_param_groups, warmup_cosine_schedule
 from ..utils.sampling import GlobalBatchSampler
 from .evaluate import evaluate, log_results, results_summary
@@ -169,7 +170,8 @@ def _sum_across_ranks(value: int, runtime: Runtime) -> int:
 
 # ---- the output folder --------------------------------------------------------------------------
 
-RUN_FILES = ("last.pth", "best.pth", "eval_results.json", "config.json", "curves.png", "log.txt", "video_probe.json")
+PROBE_CACHE = "video_probe.json"  # the start-up video probe's cache (main.py)
+RUN_FILES = ("last.pth", "best.pth", "eval_results.json", "config.json", "curves.png", "log.txt", PROBE_CACHE)
 _STALE_TMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # tvr.utils.checkpoint.atomic_write's names
 
 
@@ -182,24 +184,35 @@ def previous_run_files(output_dir: str) -> list:
     return names
 
 
-def prepare_output_dir(output_dir: str, *, training: bool, resume: bool, overwrite: bool, is_main: bool) -> None:
+def prepare_output_dir(output_dir: str, *, training: bool, resume: bool, overwrite: bool, is_main: bool) -> list:
     """Never destroy a finished run: a training run into a folder holding another run's checkpoints is
-    refused unless it resumes that run or ``--overwrite`` clears it. Also removes temporary files that a
-    killed checkpoint write left behind (only ours, only those whose writer is gone)."""
+    refused unless it resumes that run or ``--overwrite`` replaces it. Returns the files an
+    ``--overwrite`` replaces; they are deleted only later (``clear_previous_run``), once the new run has
+    passed its start-up checks. Also removes temporary files that a killed checkpoint write left
+    behind (only ours, only those whose writer is gone)."""
     existing = previous_run_files(output_dir)
     holds_run = any(n.endswith(".pth") for n in existing)
     if training and holds_run and not (resume or overwrite):
         raise FileExistsError(
             f"--output_dir {output_dir} already holds a run ({', '.join(existing)}). Continue it with --resume, "
             f"choose a new --output_dir, or pass --overwrite to delete that run's files and start again.")
-    if not is_main:
-        return
-    os.makedirs(output_dir, exist_ok=True)
-    if training and overwrite and existing:
-        for name in existing:
-            os.remove(os.path.join(output_dir, name))
-        logger.warning("--overwrite: deleted the previous run's files in %s: %s", output_dir, ", ".join(existing))
-    remove_stale_temporaries(output_dir)
+    if is_main:
+        os.makedirs(output_dir, exist_ok=True)
+        remove_stale_temporaries(output_dir)
+    return existing if training and overwrite else []
+
+
+def clear_previous_run(output_dir: str, names: list) -> None:
+    """``--overwrite``: delete the previous run's files (``prepare_output_dir``'s list) and its lines
+    in log.txt, now that the new run has passed its checks. The video probe's cache stays: its
+    entries are checked against each file's size and time stamp."""
+    deleted = [n for n in names if n not in ("log.txt", PROBE_CACHE) and os.path.exists(os.path.join(output_dir, n))]
+    for name in deleted:
+        os.remove(os.path.join(output_dir, name))
+    drop_earlier_log_lines(output_dir)
+    if names:
+        logger.warning("--overwrite: deleted the previous run's files in %s: %s (log.txt now starts with this run)",
+                       output_dir, ", ".join(deleted))
 
 
 def remove_stale_temporaries(output_dir: str) -> list:

@@ -28,7 +28,8 @@ def _index_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="video-decoding processes per encoding process")
     p.add_argument("--batch_size", type=int, default=8, help="videos per forward pass")
     p.add_argument("--shard_size", type=int, default=256, help="videos per shard file (the unit kept after a crash)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="auto: CUDA when available (each process on its local GPU)")
     g = p.add_argument_group("approximate search")
     g.add_argument("--ann", type=_bool, nargs="?", const=True, default=None,
                    help="also build the IVF-PQ candidate index (kept up to date once built; --ann 0 drops it)")
@@ -65,21 +66,11 @@ def _query_parser(sub) -> None:
     g.add_argument("--rerank", type=int, default=search.rerank, help="candidates scored exactly on the stored tokens")
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return None
-    return torch.device(name)
-
-
 def run_index(args) -> int:
     from ..utils.launch import cleanup_distributed, setup_distributed
     from .index import IndexOptions, build_index
 
-    runtime = setup_distributed(0)
-    if args.device != "auto":
-        runtime.device = _device(args.device)
+    runtime = setup_distributed(0, args.device)
     if runtime.rank:
         logging.getLogger().setLevel(logging.WARNING)
     try:

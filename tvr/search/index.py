@@ -298,7 +298,7 @@ def build_index(checkpoint: str, videos_dir: str, index_dir: str, opts: IndexOpt
 
     encoded = _encode(sm, mine, writer, opts, runtime.device, opts.progress and runtime.is_main, refresh_manifest)
     if runtime.world_size > 1:
-        counts = torch.tensor([encoded], dtype=torch.long)
+        counts = torch.tensor([encoded], dtype=torch.long, device=runtime.device)  # nccl reduces CUDA tensors only
         dist.all_reduce(counts)
         encoded = int(counts.item())
     _barrier(runtime)

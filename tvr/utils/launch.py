@@ -19,24 +19,28 @@ class Runtime:
         return self.rank == 0
 
 
-def setup_distributed(local_rank: int) -> Runtime:
+def setup_distributed(local_rank: int, device: str = "auto") -> Runtime:
     """Initialise the process group when launched with several processes.
 
-    gloo on the CPU, nccl on CUDA. The launchers export RANK / WORLD_SIZE / MASTER_ADDR, so the
-    default ``env://`` rendezvous works for both.
+    ``device``: "auto" (CUDA when available), "cuda" or "cpu". The backend follows the device, nccl
+    on CUDA and gloo on the CPU, because nccl only reduces CUDA tensors: a CPU run on a GPU machine
+    needs gloo. The launchers export RANK / WORLD_SIZE / MASTER_ADDR, so the default ``env://``
+    rendezvous works for both.
     """
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", local_rank))
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
     if cuda:
         torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank,
+                   device=torch.device("cuda", local_rank) if cuda else torch.device("cpu"))
 
 
 def cleanup_distributed() -> None:

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any, Iterable, Mapping, Optional
 
-__all__ = ["LOG_FORMAT", "setup_logging", "log_args"]
+__all__ = ["LOG_FORMAT", "setup_logging", "log_args", "drop_earlier_log_lines"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -90,7 +90,14 @@ def setup_logging(output_dir: Optional[str], rank: int = 0,
         handlers.append(console)
     if rank == 0 and output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), mode="a", encoding="utf-8")
+        path = os.path.join(output_dir, "log.txt")
+        open_before = _our_file_handler(path, names[0])  # a second call keeps the first call's start
+        if open_before is not None:
+            start = open_before.run_start
+        else:
+            start = os.path.getsize(path) if os.path.exists(path) else 0
+        file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        file_handler.run_start = start  # where this process's lines begin (earlier runs' lines come first)
         file_handler.setLevel(level)
         file_handler.setFormatter(formatter)
         handlers.append(file_handler)
@@ -108,6 +115,33 @@ def setup_logging(output_dir: Optional[str], rank: int = 0,
         if name is not None:
             lg.setLevel(level)
     return logging.getLogger(names[0])
+
+
+def _our_file_handler(path: str, name: str = "tvr") -> Optional[logging.FileHandler]:
+    path = os.path.abspath(path)
+    return next((h for h in logging.getLogger(name).handlers if getattr(h, _MARK, False)
+                 and isinstance(h, logging.FileHandler) and h.baseFilename == path), None)
+
+
+def drop_earlier_log_lines(output_dir: str) -> None:
+    """Keep only this process's lines in ``output_dir/log.txt`` (``--overwrite``).
+
+    The previous run's log is dropped only once the new run has passed its start-up checks, so a run
+    stopped by a bad flag loses nothing; until then this run's lines are appended after the old ones."""
+    from .checkpoint import atomic_write  # checkpoint imports torch; the logger itself stays light
+
+    path = os.path.join(output_dir, "log.txt")
+    handler = _our_file_handler(path)
+    if handler is None or handler.run_start == 0:
+        return
+    with handler.lock:
+        handler.flush()
+        with open(path, "rb") as f:
+            f.seek(handler.run_start)
+            ours = f.read()
+        atomic_write(path, lambda f: f.write(ours))
+        handler.setStream(open(path, "a", encoding="utf-8")).close()  # the old stream points at the old file
+        handler.run_start = 0
 
 
 def log_args(args: Any, logger: Optional[logging.Logger] = None) -> None:
