@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: the GPU-only tests, fp16/bf16 autocast against fp32, 1-GPU and
 # all-GPU training runs of the synthetic recipe at the ViT-B/32 shape (samples/s and peak memory,
-# with and without --grad_checkpointing), and the scoring / evaluation benchmarks on CUDA; all
-# gathered into one JSON file.
+# with and without --grad_checkpointing), the scoring / evaluation benchmarks on CUDA, and a search
+# index built on all GPUs; all gathered into one JSON file.
 #
 #   bash bench/gpu_check.sh [OUT_DIR]          # default outputs/gpu_check; result OUT_DIR/gpu_check.json
 #
@@ -15,7 +15,8 @@
 # DEVICE [cuda]: DEVICE=cpu is a dry run on a machine without a GPU (every step on the CPU, where
 # autocast is off): it checks the script end to end, with small sizes, before GPU time is spent.
 # A failing step is recorded (its exit status and the tail of its output) and the next one runs;
-# the script exits non-zero if any step failed. Without CUDA it stops at once with a message.
+# the script exits non-zero if any step failed. Without CUDA (and without DEVICE=cpu) it stops at
+# once with a message.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,7 +84,7 @@ skipped pytest || step pytest_gpu "$PY" -m pytest -q -m gpu -rs tests
 
 # 2. Training runs of the synthetic recipe at the ViT-B/32 shape (random init: the numbers are speed
 #    and memory, not accuracy).
-DATA="$OUT_DIR/data"
+DATA="$OUT_DIR/data/${NUM_TRAIN}_train_${NUM_TEST}_test"  # generated once per size, then reused
 if ! skipped train || ! skipped autocast; then
   if [ ! -f "$DATA/anns/MSRVTT_data.json" ]; then
     step synthetic_data "$PY" -m tvr.dataloaders.synthetic --output_dir "$DATA" --num_train "$NUM_TRAIN" --num_test "$NUM_TEST"
