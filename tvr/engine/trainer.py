@@ -210,7 +210,7 @@ def clear_previous_run(output_dir: str, names: list) -> None:
     for name in deleted:
         os.remove(os.path.join(output_dir, name))
     drop_earlier_log_lines(output_dir)
-    if names:
+    if deleted:
         logger.warning("--overwrite: deleted the previous run's files in %s: %s (log.txt now starts with this run)",
                        output_dir, ", ".join(deleted))
 
