@@ -10,8 +10,10 @@
 # 3 captions each], NUM_TEST [200], BATCH_SIZE [128, global], MAX_FRAMES [12], PRECISION [fp16, the
 # training runs' autocast], WORKERS [8 per process], ENCODER [scratch:ViT-B/32], SIM_NT [1000 texts]
 # and SIM_NV [1000,10000,20000 videos] for the scoring benchmark, EVAL_SIZES
-# [1000x1000,10000x1000,10000x10000 queries x videos], STEP_TIMEOUT [900 s per step], SKIP [steps to
-# skip, space-separated: pytest train autocast similarity eval search].
+# [1000x1000,10000x1000,10000x10000 queries x videos], STEP_TIMEOUT [900 s per step], PYTEST_PATHS
+# [tests; pytest's arguments for the GPU-only tests, e.g. "tests --ignore=tests/test_video_reader.py"
+# where the test-only PyAV is not installed], SKIP [steps to skip, space-separated: pytest train
+# autocast similarity eval search].
 # DEVICE [cuda]: DEVICE=cpu is a dry run on a machine without a GPU (every step on the CPU, where
 # autocast is off): it checks the script end to end, with small sizes, before GPU time is spent.
 # A failing step is recorded (its exit status and the tail of its output) and the next one runs;
@@ -34,6 +36,7 @@ SIM_NV=${SIM_NV:-1000,10000,20000}
 EVAL_SIZES=${EVAL_SIZES:-1000x1000,10000x1000,10000x10000}
 DEVICE=${DEVICE:-cuda}
 STEP_TIMEOUT=${STEP_TIMEOUT:-900}
+PYTEST_PATHS=${PYTEST_PATHS:-tests}
 SKIP=${SKIP:-}
 PY=${PYTHON:-python}
 
@@ -80,7 +83,8 @@ step() {
 }
 
 # 1. GPU-only tests.
-skipped pytest || step pytest_gpu "$PY" -m pytest -q -m gpu -rs tests
+# shellcheck disable=SC2086  # PYTEST_PATHS is a list of words on purpose
+skipped pytest || step pytest_gpu "$PY" -m pytest -q -m gpu -rs $PYTEST_PATHS
 
 # 2. Training runs of the synthetic recipe at the ViT-B/32 shape (random init: the numbers are speed
 #    and memory, not accuracy).

@@ -133,14 +133,16 @@ def test_without_cuda_the_script_stops_at_once_and_writes_nothing(tmp_path):
 @pytest.mark.slow
 def test_cpu_dry_run_runs_every_step_and_gathers_their_figures(tmp_path):
     out = tmp_path / "out"
-    proc = run_script(out, DEVICE="cpu", NGPU="2", SKIP="pytest")
+    proc = run_script(out, DEVICE="cpu", NGPU="2", PYTEST_PATHS="tests/test_metrics.py")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((out / "gpu_check.json").read_text())
-    assert set(result["status"]) == {"synthetic_data", "autocast", "similarity", "similarity_bf16", "eval_tokens",
+    assert set(result["status"]) == {"pytest_gpu", "synthetic_data", "autocast", "similarity", "similarity_bf16",
+                                     "eval_tokens",
                                      "search_index", "search_query",
                                      *(f"{kind}_{run}" for kind in ("run", "train")
                                        for run in ("1gpu", "1gpu_gradckpt", "2gpu", "2gpu_gradckpt"))}
     assert all(s["rc"] == 0 for s in result["status"].values())
+    assert "1 skipped" in result["output_tail"]["pytest_gpu"]  # the GPU-only test, selected and skipped here
     # 8 videos x 3 captions / batch 4 = 6 steps, a line every 2 steps
     for run in ("1gpu", "1gpu_gradckpt", "2gpu", "2gpu_gradckpt"):
         assert result[f"train_{run}"]["steps_logged"] == 3
