@@ -92,7 +92,7 @@ class SyntheticCorpus:
         s = self.spec
         lay = self._layout(b)
         rng = np.random.default_rng([s.seed, 3, b])
-        n, t, d = BLOCK, s.frames, s.dim
+        n, t = BLOCK, s.frames
         num_frames, num_scenes, style = lay["num_frames"], lay["num_scenes"], lay["style"]
         # Frame j of a video with k scenes over f frames belongs to scene floor(j * k / f).
         j = np.arange(t)[None, :]

@@ -23,7 +23,7 @@ tensor is processed on its own device.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Sequence, Union
+from typing import Dict, Union
 
 import numpy as np
 import torch
