@@ -99,13 +99,13 @@ def main(argv=None) -> dict:
         replaced = prepare_output_dir(args.output_dir, training=args.do_train, resume=args.resume,
                                       overwrite=args.overwrite, is_main=runtime.is_main)
         setup_logging(args.output_dir, runtime.rank)
-        return run(args, argv, runtime, replaced)
+        results = run(args, argv, runtime, replaced)
     except Exception as e:
         # One readable line first (in log.txt too, once it is open), then the traceback for debugging.
         logger.error("fatal: %s: %s", type(e).__name__, e, exc_info=True)
         raise
-    finally:
-        cleanup_distributed()
+    cleanup_distributed()
+    return results
 
 
 def run(args, argv, runtime, replaced=()) -> dict:

@@ -194,10 +194,8 @@ def main(argv=None):
         is_main = True
     else:
         runtime = setup_distributed(int(os.environ.get("LOCAL_RANK", 0)))
-        try:
-            rows = run_tokens(args, runtime)
-        finally:
-            cleanup_distributed()
+        rows = run_tokens(args, runtime)
+        cleanup_distributed()  # after success only (see its docstring)
         is_main = runtime.is_main
     if args.json and is_main:
         with open(args.json, "w") as f:

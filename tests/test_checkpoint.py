@@ -96,6 +96,27 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(str(scripted))
 
 
+def test_a_torchscript_archive_is_refused_before_torch_load_sees_it(tmp_path, monkeypatch):
+    """torch 2.3's torch.load hands a TorchScript archive to torch.jit.load even with weights_only=True
+    (and returns a module); so the archive is recognised first, whatever the torch version does."""
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(scripted))
+    monkeypatch.setattr(ckpt.torch, "load", lambda *a, **k: pytest.fail("torch.load saw the TorchScript archive"))
+    with pytest.raises(CheckpointError, match="scripted.pt: it is a TorchScript archive"):
+        load_checkpoint(str(scripted))
+
+
+@pytest.mark.parametrize("message", [
+    "Weights only load failed. WeightsUnpickler error: Unsupported global: GLOBAL argparse.Namespace was not an allowed global",
+    "Weights only load failed. WeightsUnpickler error: Unsupported class argparse.Namespace",  # torch 2.3
+])
+def test_the_refused_class_is_named_in_either_torch_wording(tmp_path, message):
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"args": argparse.Namespace(lr=1.0)}, str(pickled))
+    described = ckpt.describe_unreadable(str(pickled), RuntimeError(message))
+    assert described.startswith("it holds a pickled Python object (argparse.Namespace)")
+
+
 def _draw():
     return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(),
             torch.rand(3).tolist())

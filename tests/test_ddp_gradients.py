@@ -17,6 +17,7 @@ from tvr.models import module_clip
 from tvr.models.modeling import ModelConfig, VideoColBERT
 from tvr.models.module_clip import load_clip
 from tvr.models.tokenization_clip import tokenize
+from tvr.utils.launch import cleanup_distributed
 from tvr.utils.optim import build_optimizer, build_param_groups
 from .spawn import free_port, run_spawned
 
@@ -70,22 +71,20 @@ def _worker(rank, port, out_dir):
     use_float64_layer_norm()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=TIMEOUT_S))
-    try:
-        b = BATCH // WORLD
-        local = [t[rank * b:(rank + 1) * b] for t in make_batch()]
-        results = {}
-        for loss, dual in CONFIGS:
-            model = build(loss, dual)
-            ddp = DDP(model)  # kept alive until backward: its hooks average the gradients
-            value, _ = ddp(*local)
-            value.backward()
-            results[(loss, dual)] = {"loss": value.detach(), "grads": grads_of(model)}
-        for loss in STEP_LOSSES:
-            model = build(loss, True)
-            results[("step", loss)] = one_step(model, DDP(model), local)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    b = BATCH // WORLD
+    local = [t[rank * b:(rank + 1) * b] for t in make_batch()]
+    results = {}
+    for loss, dual in CONFIGS:
+        model = build(loss, dual)
+        ddp = DDP(model)  # kept alive until backward: its hooks average the gradients
+        value, _ = ddp(*local)
+        value.backward()
+        results[(loss, dual)] = {"loss": value.detach(), "grads": grads_of(model)}
+    for loss in STEP_LOSSES:
+        model = build(loss, True)
+        results[("step", loss)] = one_step(model, DDP(model), local)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    cleanup_distributed()  # the library's teardown: a barrier first, and only after success
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from torch import nn
 from tvr.models.losses import RetrievalLoss
 from tvr.models.similarity import mean_max_sim
 from tvr.utils import distributed as du
+from tvr.utils.launch import cleanup_distributed
 from .spawn import free_port, run_spawned
 
 WORLD = 2
@@ -78,30 +79,28 @@ def _worker(rank, port, out_dir, batch):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=60))
-    try:
-        b = B // WORLD
-        local = [t[rank * b:(rank + 1) * b] for t in batch]
-        results = {"rank": du.get_rank(), "world": du.get_world_size(), "dist": du.is_distributed()}
-        for loss, dual in CONFIGS:
-            model = build(loss, dual)
-            ddp = DDP(model)
-            value = ddp(*local)
-            value.backward()
-            results[(loss, dual)] = {"loss": value.detach(), "grads": grads_of(model)}
+    b = B // WORLD
+    local = [t[rank * b:(rank + 1) * b] for t in batch]
+    results = {"rank": du.get_rank(), "world": du.get_world_size(), "dist": du.is_distributed()}
+    for loss, dual in CONFIGS:
+        model = build(loss, dual)
+        ddp = DDP(model)
+        value = ddp(*local)
+        value.backward()
+        results[(loss, dual)] = {"loss": value.detach(), "grads": grads_of(model)}
 
-        # Uneven shards: rank 0 holds 2 rows, rank 1 holds 3.
-        g = torch.Generator().manual_seed(7)
-        full = torch.randn(5, 3, generator=g, dtype=torch.float64)
-        weight = torch.randn(5, 3, generator=g, dtype=torch.float64)
-        mine = full[:2] if rank == 0 else full[2:]
-        x = mine.clone().requires_grad_()
-        gathered = du.all_gather_with_grad(x)
-        ((gathered * weight).sum() * (rank + 1)).backward()  # rank r's loss weighs by r + 1
-        results["uneven"] = {"gathered": gathered.detach(), "no_grad": du.all_gather_no_grad(mine),
-                             "grad": x.grad.detach(), "full": full, "weight": weight}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    # Uneven shards: rank 0 holds 2 rows, rank 1 holds 3.
+    g = torch.Generator().manual_seed(7)
+    full = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    weight = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    mine = full[:2] if rank == 0 else full[2:]
+    x = mine.clone().requires_grad_()
+    gathered = du.all_gather_with_grad(x)
+    ((gathered * weight).sum() * (rank + 1)).backward()  # rank r's loss weighs by r + 1
+    results["uneven"] = {"gathered": gathered.detach(), "no_grad": du.all_gather_no_grad(mine),
+                         "grad": x.grad.detach(), "full": full, "weight": weight}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    cleanup_distributed()  # the library's teardown: a barrier first, and only after success
 
 
 def _run_workers(out_dir, batch):
@@ -184,3 +183,26 @@ def test_asking_for_cuda_without_it_names_the_flag():
 
     with pytest.raises(ValueError, match="--device cuda: no CUDA device"):
         launch.setup_distributed(0, "cuda")
+
+
+def test_teardown_waits_for_every_rank_first(monkeypatch):
+    from tvr.utils import launch
+
+    calls = []
+    monkeypatch.setattr(launch.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(launch.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(launch.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    launch.cleanup_distributed()
+    assert calls == ["barrier", "destroy"]
+
+
+def test_a_failed_run_does_not_tear_the_process_group_down(monkeypatch, tmp_path):
+    """After an error the other ranks may be inside a collective: a teardown would wait for them forever."""
+    import main as main_module
+
+    calls = []
+    monkeypatch.setattr(main_module, "cleanup_distributed", lambda: calls.append("teardown"))
+    with pytest.raises(FileNotFoundError):
+        main_module.main(["--do_eval", "1", "--anno_path", str(tmp_path / "missing"), "--video_path", str(tmp_path),
+                          "--output_dir", str(tmp_path / "out"), "--base_encoder", "scratch:tiny"])
+    assert calls == []

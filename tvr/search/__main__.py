@@ -73,14 +73,12 @@ def run_index(args) -> int:
     runtime = setup_distributed(0, args.device)
     if runtime.rank:
         logging.getLogger().setLevel(logging.WARNING)
-    try:
-        opts = IndexOptions(batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size, ann=args.ann,
-                            ann_config=AnnBuildConfig(nlist=args.ann_nlist, pq_m=args.ann_pq_m,
-                                                      train_tokens=args.ann_train_tokens),
-                            ann_retrain=args.ann_retrain)
-        summary = build_index(args.checkpoint, args.videos, args.out, opts, runtime)
-    finally:
-        cleanup_distributed()
+    opts = IndexOptions(batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size, ann=args.ann,
+                        ann_config=AnnBuildConfig(nlist=args.ann_nlist, pq_m=args.ann_pq_m,
+                                                  train_tokens=args.ann_train_tokens),
+                        ann_retrain=args.ann_retrain)
+    summary = build_index(args.checkpoint, args.videos, args.out, opts, runtime)
+    cleanup_distributed()  # after success only (see its docstring)
     if summary is None:  # not rank 0
         return 0
     print(f"index {summary.index_dir}: {summary.total} videos ({summary.encoded} encoded now, "

@@ -96,10 +96,26 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    # Checked first: older torch (2.3) hands a TorchScript archive to torch.jit.load even with weights_only.
+    if _is_torchscript_archive(path):
+        raise CheckpointError(f"cannot read checkpoint {path}: {TORCHSCRIPT_MESSAGE}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... depending on the damage
         raise CheckpointError(f"cannot read checkpoint {path}: {describe_unreadable(path, e)}") from None
+
+
+TORCHSCRIPT_MESSAGE = ("it is a TorchScript archive (e.g. OpenAI's CLIP download), not a training checkpoint; "
+                       "an encoder archive goes to --base_encoder")
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """A zip archive with TorchScript's code or constants in it (a readable zip only)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def describe_unreadable(path: str, error: Exception) -> str:
@@ -108,16 +124,15 @@ def describe_unreadable(path: str, error: Exception) -> str:
         head = f.read(4)
     if head[:2] == b"PK":
         try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
+            zipfile.ZipFile(path).close()
         except zipfile.BadZipFile:
             return "it is a truncated or corrupt torch file (the zip archive is incomplete)"
-        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-            return ("it is a TorchScript archive (e.g. OpenAI's CLIP download), not a training checkpoint; "
-                    "an encoder archive goes to --base_encoder")
+        if _is_torchscript_archive(path):
+            return TORCHSCRIPT_MESSAGE
     elif not head.startswith(b"\x80"):
         return f"it is not a PyTorch checkpoint (it starts with the bytes {head!r})"
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    # torch 2.14 words it "Unsupported global: GLOBAL a.B", torch 2.3 "Unsupported class a.B"
+    refused = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", str(error))
     if refused:
         return (f"it holds a pickled Python object ({refused.group(1)}) besides tensors and plain containers; "
                 f"such objects can run code when loaded, so it is refused. Re-save it with only tensors, "

@@ -44,5 +44,12 @@ def setup_distributed(local_rank: int, device: str = "auto") -> Runtime:
 
 
 def cleanup_distributed() -> None:
+    """Tear the process group down at the end of a successful run; call it only then.
+
+    Every rank waits at a barrier first: a rank tearing down while another still finishes its work
+    could hang in ``destroy_process_group`` (seen with gloo on torch 2.3). After an error nothing is
+    torn down, since the teardown waits on ranks that may be stuck elsewhere; the process exits and
+    the launcher stops the others."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
