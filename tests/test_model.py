@@ -103,6 +103,37 @@ def test_query_expansion_off_ignores_padding(clip):
     assert not torch.allclose(s_long, s_long_on, atol=1e-4)
 
 
+@pytest.mark.parametrize("query_expansion, meanp", [(False, False), (True, False), (True, True)])
+def test_text_tower_reads_padding_only_when_a_query_token_sits_there(clip, monkeypatch, query_expansion, meanp):
+    """Without query expansion (or for the mean-pooling baseline, which reads only EOT) the text tower
+    runs only as far as the batch's longest text; the loss and every gradient are those of running it
+    over all positions. With expansion the padded positions are query tokens: all are encoded."""
+    ids, mask = tokenize(CAPTIONS, 24)
+    longest = int(mask.sum(1).max())
+    assert longest < 24
+    video, vmask = make_video()
+    lengths = []
+    encode = clip.encode_text_tokens
+    monkeypatch.setattr(clip, "encode_text_tokens", lambda text: lengths.append(text.shape[1]) or encode(text))
+
+    def loss_and_grads(skippable):
+        monkeypatch.setattr(clip, "text_padding_skippable", skippable)
+        model = make_model(clip, query_expansion=query_expansion, meanp=meanp, loss="softmax").train()
+        model.zero_grad()
+        loss, _ = model(ids, mask, video, vmask)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(True)
+    assert lengths == [24 if query_expansion and not meanp else longest]
+    full_loss, full_grads = loss_and_grads(False)
+    assert lengths[1:] == [24]
+    torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == full_grads.keys() and "clip.token_embedding.weight" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_score_is_sum_of_branches(clip):
     """s = MMS(q, frames) + MMS(q, video tokens), every token computed outside the model's code:
     query tokens from CLIP's text tower (all positions, query expansion), frame tokens from CLIP's

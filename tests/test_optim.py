@@ -135,6 +135,50 @@ def test_build_optimizer_settings_and_step():
     opt.step()  # extra "name" keys in groups are accepted
 
 
+def _adamw_by_hand(p, grads, lr, wd, betas=(0.9, 0.98), eps=1e-6):
+    """AdamW written out (Loshchilov & Hutter, decoupled decay; bias-corrected moments)."""
+    p, m, v = p.clone().double(), torch.zeros_like(p, dtype=torch.float64), torch.zeros_like(p, dtype=torch.float64)
+    for t, g in enumerate(grads, start=1):
+        g = g.double()
+        p = p * (1 - lr * wd)
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        p = p - lr * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
+    return p
+
+
+@pytest.mark.parametrize("fused_available", [True, False])
+def test_build_optimizer_update_is_adamw(monkeypatch, fused_available):
+    """The fused kernel where torch has one for the device (torch >= 2.4 on the CPU), the plain loop
+    otherwise; either way three steps move every parameter exactly as AdamW written out by hand."""
+    if not fused_available:
+        plain = torch.optim.AdamW
+
+        class NoFusedKernel(plain):
+            def __init__(self, params, fused=None, **kw):
+                if fused:
+                    raise RuntimeError("`fused=True` requires all the params to be on supported devices")
+                super().__init__(params, **kw)
+
+        monkeypatch.setattr(torch.optim, "AdamW", NoFusedKernel)
+    torch.manual_seed(0)
+    weight, bias = nn.Parameter(torch.randn(6, 5)), nn.Parameter(torch.randn(5))
+    opt = build_optimizer([{"params": [weight], "lr": 1e-2, "weight_decay": 0.2},
+                           {"params": [bias], "lr": 5e-3, "weight_decay": 0.0}])
+    torch_minor = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    assert bool(opt.defaults.get("fused")) == (fused_available and torch_minor >= (2, 4))
+    start = {"w": weight.detach().clone(), "b": bias.detach().clone()}
+    grads = {"w": [torch.randn(6, 5) for _ in range(3)], "b": [torch.randn(5) for _ in range(3)]}
+    for step in range(3):
+        opt.zero_grad()
+        weight.grad, bias.grad = grads["w"][step].clone(), grads["b"][step].clone()
+        opt.step()
+    torch.testing.assert_close(weight.detach().double(), _adamw_by_hand(start["w"], grads["w"], 1e-2, 0.2),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bias.detach().double(), _adamw_by_hand(start["b"], grads["b"], 5e-3, 0.0),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_warmup_cosine_hand_values():
     f = WarmupCosine(warmup_steps=10, total_steps=110)
     assert f(0) == 0.0

@@ -194,3 +194,14 @@ def test_rendered_frames_are_pinned():
     assert captions_for(specs[0])[0] == EXPECTED_FIRST_CAPTION
     assert twins == [(0, 1, EXPECTED_FIRST_TWIN_KIND), (2, 3, EXPECTED_SECOND_TWIN_KIND)]
     assert digest.hexdigest() == EXPECTED_RENDER_SHA256
+
+
+def test_generator_starts_without_importing_torch():
+    """`python -m tvr.dataloaders.synthetic` (the first step of `bash train.sh`) needs NumPy and OpenCV
+    only; importing the data package must not pull in torch and torchvision (seconds of start-up)."""
+    import subprocess
+    import sys
+
+    code = "import sys, tvr.dataloaders.synthetic; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -85,7 +85,8 @@ def reference():
 
 
 def expected_indices(num_frames, fps, video_framerate, max_frames, slice_framepos):
-    """The DESIGN.md rule written out again, independently of the library code."""
+    """The frame-sampling rule (stride from the native and target frame rates, then max_frames
+    picked by slice_framepos) written out again, independently of the library code."""
     stride = max(1, int(np.floor(fps / video_framerate + 0.5)))
     cand = list(range(0, num_frames, stride))
     if len(cand) <= max_frames:

@@ -8,13 +8,23 @@ Public API:
     check_annotation_files(cfg, splits) fail fast on missing annotation files
     VideoDecodeError                   raised (naming the file) when no backend can decode a video
 """
-from .annotations import DATASETS, AnnotationError, AnnotationFilesMissing
-from .base import (EvalData, build_eval_dataset, build_train_dataset, check_annotation_files)
-from .config import DataConfig
-from .video_reader import VideoDecodeError, sample_frame_indices
+import importlib
 
-__all__ = [
-    "DATASETS", "AnnotationError", "AnnotationFilesMissing", "DataConfig", "EvalData",
-    "VideoDecodeError", "build_eval_dataset", "build_train_dataset", "check_annotation_files",
-    "sample_frame_indices",
-]
+# Public name -> the submodule defining it. Imported on first use (PEP 562), so that a submodule run
+# on its own, such as the synthetic-dataset generator (NumPy and OpenCV only), does not first pay the
+# seconds that torch and torchvision take to import.
+_PUBLIC = {
+    "DATASETS": ".annotations", "AnnotationError": ".annotations", "AnnotationFilesMissing": ".annotations",
+    "EvalData": ".base", "build_eval_dataset": ".base", "build_train_dataset": ".base",
+    "check_annotation_files": ".base", "DataConfig": ".config",
+    "VideoDecodeError": ".video_reader", "sample_frame_indices": ".video_reader",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value

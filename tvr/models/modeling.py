@@ -1,6 +1,6 @@
 """Video-ColBERT: late interaction between query tokens and frame / video tokens.
 
-One forward pass (DESIGN.md §2):
+One forward pass (the method of Video-ColBERT, CVPR 2025):
   query tokens  q = normalise(text_projection(ln_final(every text position)))
   frame tokens  f = normalise(projected CLS of each frame)
   video tokens  v = normalise(temporal encoder over frames + visual expansion tokens)
@@ -111,7 +111,7 @@ class VideoColBERT(nn.Module):
     # ---- encoders -------------------------------------------------------------------------
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> TokenSet:
         """text_ids, text_mask: B x L (mask 1 on SOT..EOT). Returns the query token set."""
-        tokens = F.normalize(self.clip.encode_text_tokens(text_ids), dim=-1)  # B x L x D
+        tokens = F.normalize(self._text_tokens(text_ids, text_mask), dim=-1)  # B x L x D
         if self.config.meanp:
             pooled = self.clip.text_pool_index(text_ids)  # B: CLIP's EOT, SigLIP's last position
             tokens = tokens[torch.arange(tokens.shape[0], device=tokens.device), pooled].unsqueeze(1)  # B x 1 x D
@@ -120,6 +120,23 @@ class VideoColBERT(nn.Module):
         if not self.config.query_sot:
             mask[:, 0] = 0  # every query starts with SOT, whose output is the same for every query
         return TokenSet(tokens, mask)
+
+    def _text_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """B x L x D projected text states, running the text tower only as far as the longest text.
+
+        Positions after every text's EOT are padding. When no query token is read there (query
+        expansion off, or the mean-pooling baseline, which reads only the pooled token) and the
+        tower is causal (a position's state depends only on the tokens before it), those positions
+        change nothing, so the tower skips them and they come back as zero vectors. Captions are
+        usually far shorter than ``max_words``: this halves the text tower's cost on the demo.
+        """
+        length = text_ids.shape[1]
+        reads_padding = self.config.query_expansion and not self.config.meanp
+        if reads_padding or not getattr(self.clip, "text_padding_skippable", False):
+            return self.clip.encode_text_tokens(text_ids)
+        used = max(1, int(text_mask.sum(dim=1).max()))  # the longest text, SOT..EOT
+        tokens = self.clip.encode_text_tokens(text_ids[:, :used])  # B x used x D
+        return F.pad(tokens, (0, 0, 0, length - used))  # B x L x D
 
     def encode_frames(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
         """video: B x T x 3 x R x R, video_mask: B x T. Returns projected CLS tokens B x T x D (not normalised).

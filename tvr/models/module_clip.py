@@ -268,6 +268,9 @@ class CLIP(nn.Module):
 
     # Every tokenized text starts with <|startoftext|> (SigLIP's texts start with their first word).
     text_start_token = True
+    # The text tower is causal and reads texts of any length: trailing padding can be left out
+    # without changing the states of the positions before it.
+    text_padding_skippable = True
 
     # Text-tower views shared with open_clip encoders (the temporal encoder copies from them).
     @property

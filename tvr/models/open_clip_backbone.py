@@ -206,6 +206,10 @@ class OpenCLIPEncoder(nn.Module):
         position = length - 1 if self.pool_type == "last" else 0
         return torch.full((batch,), position, dtype=torch.long, device=text.device)
 
+    # Trailing padding is always encoded: bidirectional towers read it, and most causal ones pad
+    # back to their full context anyway (see _fit_length), so leaving it out would save nothing.
+    text_padding_skippable = False
+
     # ---- tokenizer --------------------------------------------------------------------------
     @property
     def text_start_token(self) -> bool:

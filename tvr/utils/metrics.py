@@ -1,6 +1,6 @@
 """Retrieval metrics: recall at K, median and mean rank, multi-sentence variants, dual softmax.
 
-Conventions (DESIGN.md section 5):
+Conventions:
 
 * Rows of a similarity matrix are queries, columns are candidates; a higher score is better.
 * Ranks are 1-based.
@@ -162,7 +162,7 @@ def metrics_from_ranks(ranks: ArrayLike) -> Dict[str, float]:
         "MR": median,
         "MedianR": median,
         "MeanR": mean,
-        # Names used in eval_results.json (issue 5).
+        # The names eval_results.json uses.
         "MdR": median,
         "MnR": mean,
     }

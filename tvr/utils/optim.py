@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the warm-up + cosine learning-rate schedule (DESIGN.md section 3).
+"""AdamW parameter groups and the warm-up + cosine learning-rate schedule, as CLIP4Clip and DRL train.
 
 Parameter groups: (CLIP | new) x (decay | no_decay).
 
@@ -91,7 +91,14 @@ def build_optimizer(param_groups: List[Dict], lr: float | None = None) -> torch.
     for groups without one."""
     if lr is None:
         lr = param_groups[0]["lr"] if param_groups and "lr" in param_groups[0] else 1e-4
-    return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    settings = dict(lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    try:
+        # The fused kernel updates each tensor in one pass instead of about eight; it matters for
+        # CLIP's 49408-row token embedding, which AdamW updates in full every step.
+        return torch.optim.AdamW(param_groups, fused=True, **settings)
+    except RuntimeError as exc:  # torch < 2.4 on the CPU, or a device without the fused kernel
+        logger.info("AdamW without the fused kernel (%s)", exc)
+        return torch.optim.AdamW(param_groups, **settings)
 
 
 class WarmupCosine:
