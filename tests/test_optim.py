@@ -155,18 +155,24 @@ def test_build_optimizer_update_is_adamw(monkeypatch, fused_available):
         plain = torch.optim.AdamW
 
         class NoFusedKernel(plain):
+            """Refuses fused=True as torch does: after the groups have taken the setting."""
+
             def __init__(self, params, fused=None, **kw):
+                super().__init__(params, fused=fused, **kw)
                 if fused:
                     raise RuntimeError("`fused=True` requires all the params to be on supported devices")
-                super().__init__(params, **kw)
 
         monkeypatch.setattr(torch.optim, "AdamW", NoFusedKernel)
     torch.manual_seed(0)
     weight, bias = nn.Parameter(torch.randn(6, 5)), nn.Parameter(torch.randn(5))
-    opt = build_optimizer([{"params": [weight], "lr": 1e-2, "weight_decay": 0.2},
-                           {"params": [bias], "lr": 5e-3, "weight_decay": 0.0}])
+    groups = [{"params": [weight], "lr": 1e-2, "weight_decay": 0.2}, {"params": [bias], "lr": 5e-3, "weight_decay": 0.0}]
+    opt = build_optimizer(groups)
     torch_minor = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
-    assert bool(opt.defaults.get("fused")) == (fused_available and torch_minor >= (2, 4))
+    fused = fused_available and torch_minor >= (2, 4)
+    assert [bool(g["fused"]) for g in opt.param_groups] == [fused, fused]  # what step() reads
+    # torch writes settings into the group dicts it is given; the caller's stay as they were
+    assert [sorted(g) for g in groups] == [["lr", "params", "weight_decay"]] * 2
+    assert not any(g["fused"] for g in build_optimizer(groups, fused=False).param_groups)
     start = {"w": weight.detach().clone(), "b": bias.detach().clone()}
     grads = {"w": [torch.randn(6, 5) for _ in range(3)], "b": [torch.randn(5) for _ in range(3)]}
     for step in range(3):

@@ -86,19 +86,25 @@ def build_param_groups(model: torch.nn.Module, lr: float, coef_lr: float, weight
     return groups
 
 
-def build_optimizer(param_groups: List[Dict], lr: float | None = None) -> torch.optim.AdamW:
+def build_optimizer(param_groups: List[Dict], lr: float | None = None, fused: bool = True) -> torch.optim.AdamW:
     """AdamW(betas=(0.9, 0.98), eps=1e-6) as CLIP/DRL.  Group lrs win; ``lr`` is only the default
-    for groups without one."""
+    for groups without one. ``fused=False`` keeps torch's per-tensor loop (benchmarks compare them)."""
     if lr is None:
         lr = param_groups[0]["lr"] if param_groups and "lr" in param_groups[0] else 1e-4
     settings = dict(lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def adamw(**kw):  # torch writes its defaults into the group dicts it is given: give it copies
+        return torch.optim.AdamW([dict(g) for g in param_groups], **settings, **kw)
+
+    if not fused:
+        return adamw()
     try:
         # The fused kernel updates each tensor in one pass instead of about eight; it matters for
         # CLIP's 49408-row token embedding, which AdamW updates in full every step.
-        return torch.optim.AdamW(param_groups, fused=True, **settings)
+        return adamw(fused=True)
     except RuntimeError as exc:  # torch < 2.4 on the CPU, or a device without the fused kernel
         logger.info("AdamW without the fused kernel (%s)", exc)
-        return torch.optim.AdamW(param_groups, **settings)
+        return adamw()
 
 
 class WarmupCosine:
