@@ -94,7 +94,7 @@ class _DecodeVideos(Dataset):
         indices = np.asarray(index_fn(found["num_frames"], found["fps"]), dtype=np.int64)
         # NumPy arrays travel back from the worker by value, in the same pickle as the rest of the
         # item. A tensor would travel as a shared-memory file handed over through a socket, which
-        # costs more than the copy for frames this small (2 of the 3 seconds the demo's cache took).
+        # costs more than the copy for frames this small (the demo's train split: 8.4 s -> 3.0 s).
         return {"video": v, "frames": frames.contiguous().numpy(), "indices": indices,
                 "num_frames": found["num_frames"], "fps": found["fps"]}
 
