@@ -265,3 +265,25 @@ def test_loss_parameters_move_at_loss_lr():
         assert step[f"loss.losses.{branch}.log_temperature"] == pytest.approx(0.05, rel=1e-3)
     assert step["temporal.expansion_tokens"] == pytest.approx(1e-4, rel=1e-2)
     assert step["clip.text_projection"] == pytest.approx(1e-6, rel=5e-2)  # fp32 rounding at |w| ~ 0.1
+
+
+def test_fused_adamw_follows_the_grad_scaler_like_the_plain_loop():
+    """The fp16 path of the training loop (scale, backward, unscale_ for clipping, scaler.step) gives the
+    fused kernel gradients that are already unscaled; it must move the weights exactly as the plain loop."""
+    torch.manual_seed(0)
+    start, x = torch.randn(4, 4), torch.randn(4)
+    moved = []
+    for fused in (True, False):
+        p = nn.Parameter(start.clone())
+        opt = build_optimizer([{"params": [p], "lr": 1e-2, "weight_decay": 0.2}], fused=fused)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        for _ in range(3):
+            opt.zero_grad()
+            scaler.scale((p @ x).pow(2).sum()).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([p], 1.0)
+            scaler.step(opt)
+            scaler.update()
+        moved.append(p.detach())
+    assert not torch.equal(moved[0], start)
+    torch.testing.assert_close(moved[0], moved[1], rtol=1e-6, atol=1e-7)
