@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from tvr.dataloaders.transforms import (CLIP_MEAN, CLIP_STD, build_frame_transform, frames_to_tensor)
+from tvr.dataloaders.transforms import (CLIP_MEAN, CLIP_STD, build_frame_transform, center_crop, frames_to_tensor)
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -23,7 +23,9 @@ def random_frames(shape, seed=0):
 
 
 @pytest.mark.parametrize("shape,res", [((3, 90, 161, 3), 64), ((2, 720, 1280, 3), 224),
-                                       ((2, 144, 176, 3), 224), ((1, 300, 200, 3), 37), ((2, 64, 64, 3), 64)])
+                                       ((2, 144, 176, 3), 224), ((1, 300, 200, 3), 37), ((2, 64, 64, 3), 64),
+                                       # already at the resize size: only cropped (offsets 13, 13.5, 14.5)
+                                       ((2, 64, 90, 3), 64), ((1, 91, 64, 3), 64), ((1, 64, 93, 3), 64)])
 def test_default_is_byte_identical_to_torchvision_ops(shape, res):
     frames = random_frames(shape)
     ours = build_frame_transform(res)(frames_to_tensor(frames))
@@ -82,6 +84,29 @@ def test_longest_pads_with_zeros_and_squash_keeps_everything():
     assert rows[:10].eq(0).all() and rows[10:20].eq(1).all() and rows[20:].eq(0).all()
     out = build_frame_transform(30, (0, 0, 0), (1, 1, 1), resize_mode="squash")(frames_to_tensor(frames))
     assert out.eq(1).all()
+
+
+@pytest.mark.parametrize("h,w,size", [(9, 9, 4), (9, 8, 4), (12, 11, 4), (10, 13, 5), (3, 5, 6), (4, 7, 5), (2, 2, 5), (6, 3, 6)])
+def test_center_crop_equals_torchvision(h, w, size):
+    """Crop, pad and both at once, odd and even differences (the extra pixel's side, Python's round)."""
+    from torchvision.transforms.v2 import functional as F
+
+    frames = torch.randint(1, 256, (2, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(h * w))
+    ours = center_crop(frames, size)
+    assert ours.shape == (2, 3, size, size)
+    assert torch.equal(ours, F.center_crop(frames, [size, size]))
+
+
+def test_frames_at_the_resize_size_do_not_import_torchvision():
+    """Cached or decode-resized frames need no resampling, so torchvision (seconds to import) stays unloaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from tvr.dataloaders.transforms import build_frame_transform as b; "
+            "b(64)(torch.zeros(2, 3, 64, 90, dtype=torch.uint8)); print('torchvision' in sys.modules, end=' '); "
+            "b(64)(torch.zeros(2, 3, 80, 90, dtype=torch.uint8)); print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
 
 
 def test_resize_size_follows_torchvision_truncation():

@@ -10,23 +10,22 @@ Two stages: `resize_crop` (uint8 -> uint8 R x R) and `normalize` (uint8 -> float
 runs on uint8 (4x less memory traffic than float; torch has a fast channels-last uint8
 antialiased path) and only the final crop is converted to float; a frame cache can keep the
 uint8 middle (4x smaller than floats).
+
+torchvision is imported only when a frame really needs resampling: frames that already have the
+resize size (decoded at that size, or read from a frame cache) are only cropped or padded, which is
+plain slicing. Importing torchvision pulls in torch's compiler stack: seconds of start-up.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
+import torch.nn.functional as nnf
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-INTERPOLATIONS = {
-    "bicubic": v2.InterpolationMode.BICUBIC,
-    "bilinear": v2.InterpolationMode.BILINEAR,
-    "nearest": v2.InterpolationMode.NEAREST,
-}
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")  # torchvision's InterpolationMode values
 RESIZE_MODES = ("shortest", "squash", "longest")
 
 
@@ -46,7 +45,6 @@ class FrameTransform:
         self.resolution = int(resolution)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.interpolation, self.resize_mode = interpolation, resize_mode
-        self._mode = INTERPOLATIONS[interpolation]
         # float32 like torchvision's Normalize, so the arithmetic (and every output byte) is the same
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
@@ -74,8 +72,11 @@ class FrameTransform:
     def resize_crop(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 T x 3 x H x W -> uint8 T x 3 x R x R (resize, then centre crop or zero pad)."""
         h, w = self.resize_size(*frames.shape[-2:])
-        frames = F.resize(frames, [h, w], interpolation=self._mode, antialias=True)
-        return F.center_crop(frames, [self.resolution, self.resolution])
+        if (h, w) != tuple(frames.shape[-2:]) and frames.numel() > 0:
+            from torchvision.transforms.v2 import InterpolationMode, functional as F  # see the module docstring
+
+            frames = F.resize(frames, [h, w], interpolation=InterpolationMode(self.interpolation), antialias=True)
+        return center_crop(frames, self.resolution)
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 T x 3 x R x R -> float32, (x / 255 - mean) / std, contiguous.
@@ -88,6 +89,21 @@ class FrameTransform:
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.resize_crop(frames))
+
+
+def center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """... x H x W -> ... x size x size: the centre, zero-padded where a side is shorter than size.
+
+    torchvision's center_crop, written out: padding splits odd amounts with the extra pixel after
+    (right / bottom), and the crop's offset is round((side - size) / 2) with Python's round.
+    """
+    h, w = frames.shape[-2:]
+    if h < size or w < size:
+        pad_w, pad_h = max(size - w, 0), max(size - h, 0)
+        frames = nnf.pad(frames, [pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2], value=0)
+        h, w = frames.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return frames[..., top:top + size, left:left + size]
 
 
 def build_frame_transform(resolution: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
