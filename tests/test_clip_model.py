@@ -205,6 +205,37 @@ def test_key_padding_mask_equals_dropping_the_padded_positions():
     assert torch.isfinite(all_masked).all()
 
 
+@pytest.mark.parametrize("explicit", [True, False], ids=["explicit", "fused"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_block_attention_equals_torch_multihead_attention(monkeypatch, explicit, causal):
+    """Both CPU attention paths (explicit products for short sequences, the fused kernel for long
+    ones) give what torch's own nn.MultiheadAttention gives with the same weights and masks (causal,
+    padded keys, a sample with every key masked): outputs and every gradient."""
+    monkeypatch.setattr(module_clip, "EXPLICIT_ATTENTION_MAX_LEN", 100 if explicit else 0)
+    torch.manual_seed(0)
+    mask = torch.full((9, 9), float("-inf")).triu(1) if causal else None
+    block = ResidualAttentionBlock(48, 3, attn_mask=mask)
+    state = perturbed_state_dict(block, seed=2)
+    block.load_state_dict(state)
+    reference = torch.nn.MultiheadAttention(48, 3)
+    reference.load_state_dict({k[len("attn."):]: v for k, v in state.items() if k.startswith("attn.")})
+    x = torch.randn(7, 4, 48)  # L x N x D
+    pad = torch.arange(7)[None, :] >= torch.tensor([7, 3, 5, 0])[:, None]  # N x L; the last sample: every key
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = block.attention(x_ours, key_padding_mask=pad)
+    # the reference sees what the block promises: a fully masked sample attends everywhere
+    ref_pad = pad & ~pad.all(dim=1, keepdim=True)
+    ref_mask = None if mask is None else mask[:7, :7].isinf()
+    ref = reference(x_ref, x_ref, x_ref, need_weights=False, attn_mask=ref_mask, key_padding_mask=ref_pad)[0]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(block.attn.get_parameter(name).grad, param.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_causal_block_accepts_shorter_sequences():
     torch.manual_seed(0)
     causal = torch.full((10, 10), float("-inf")).triu(1)  # OpenAI's float mask

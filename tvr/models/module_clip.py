@@ -68,6 +68,29 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+# Up to this many positions, CPU attention runs as explicit matrix products. The fused kernel
+# (scaled_dot_product_attention) tiles for long sequences; for the short ones here (frames of a small
+# ViT, captions, video tokens) it costs more: forward + backward of the demo's vision attention
+# (384 x 2 heads x 17 positions) 17.2 ms fused, 9.6 ms explicit; 12 heads x 50 positions (ViT-B/32)
+# 79 -> 56 ms; about even at 128-197 positions (bench/bench_demo_step.py has the measurement). The
+# explicit form keeps the L x L probabilities for the backward pass, which is why long sequences and
+# GPUs (whose fused kernels win everywhere) keep the fused kernel.
+EXPLICIT_ATTENTION_MAX_LEN = 100
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Scaled dot-product attention, N x H x L x Dh -> N x H x L x Dh.
+
+    ``blocked``: bool, broadcastable to N x H x L x L, True = that query does not see that key.
+    """
+    if q.device.type == "cpu" and q.shape[-2] <= EXPLICIT_ATTENTION_MAX_LEN:
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # N x H x L x L
+        if blocked is not None:
+            scores = scores.masked_fill(blocked, float("-inf"))
+        return torch.matmul(scores.softmax(dim=-1), v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if blocked is None else ~blocked)
+
+
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``.
 
@@ -93,19 +116,25 @@ class ResidualAttentionBlock(nn.Module):
         self.register_buffer("attn_mask", attn_mask, persistent=False)
 
     def attention(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        seq_len = x.shape[0]  # x: L x N x D
-        mask = None
+        """``self.attn``'s computation (its weights, so checkpoints are OpenAI's), with ``attend``."""
+        seq_len, batch, width = x.shape  # L x N x D
+        heads = self.attn.num_heads
+        blocked = None  # broadcastable to N x H x L x L, True = blocked
         if self.attn_mask is not None:
             if seq_len > self.attn_mask.shape[0]:
                 raise ValueError(f"sequence length {seq_len} exceeds the attention mask size {self.attn_mask.shape[0]}")
-            mask = self.attn_mask[:seq_len, :seq_len]
+            blocked = self.attn_mask[:seq_len, :seq_len]  # L x L
         if key_padding_mask is not None:
-            key_padding_mask = key_padding_mask.bool()  # N x L, True = ignore this key
+            ignore = key_padding_mask.bool()  # N x L, True = ignore this key
             # A sample with every key masked (e.g. a video whose frames all failed to decode) would
             # give NaN softmax rows that poison gradients; let it attend everywhere instead. Its
             # outputs are meaningless but finite, and the caller masks them out anyway.
-            key_padding_mask = key_padding_mask & ~key_padding_mask.all(dim=1, keepdim=True)
-        return self.attn(x, x, x, need_weights=False, attn_mask=mask, key_padding_mask=key_padding_mask)[0]
+            ignore = (ignore & ~ignore.all(dim=1, keepdim=True))[:, None, None, :]  # N x 1 x 1 x L
+            blocked = ignore if blocked is None else blocked | ignore
+        qkv = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias)  # L x N x 3D
+        q, k, v = qkv.view(seq_len, batch, 3, heads, width // heads).permute(2, 1, 3, 0, 4)  # N x H x L x Dh each
+        out = attend(q, k, v, blocked).permute(2, 0, 1, 3).reshape(seq_len, batch, width)  # L x N x D
+        return self.attn.out_proj(out)
 
     def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attention(self.ln_1(x), key_padding_mask)  # L x N x D
