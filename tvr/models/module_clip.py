@@ -70,11 +70,11 @@ class QuickGELU(nn.Module):
 
 # Up to this many positions, CPU attention runs as explicit matrix products. The fused kernel
 # (scaled_dot_product_attention) tiles for long sequences; for the short ones here (frames of a small
-# ViT, captions, video tokens) it costs more: forward + backward of the demo's vision attention
-# (384 x 2 heads x 17 positions) 17.2 ms fused, 9.6 ms explicit; 12 heads x 50 positions (ViT-B/32)
-# 79 -> 56 ms; about even at 128-197 positions (bench/bench_demo_step.py has the measurement). The
-# explicit form keeps the L x L probabilities for the backward pass, which is why long sequences and
-# GPUs (whose fused kernels win everywhere) keep the fused kernel.
+# ViT, captions, video tokens) it costs more. Forward + backward, 2 threads (python
+# bench/bench_attention.py): the demo's vision attention (384 frames x 2 heads x 17 positions) 14.7 ms
+# fused, 8.6 ms explicit; ViT-B/32 frames (50 positions) 0.79x; 128 positions 0.78x; 197 positions
+# about even. The explicit form keeps the L x L probabilities for the backward pass, which is why long
+# sequences and GPUs (whose fused kernels win everywhere) keep the fused kernel.
 EXPLICIT_ATTENTION_MAX_LEN = 100
 
 
