@@ -74,11 +74,10 @@ def probe_evaluation_videos(splits, data_cfg, args, runtime) -> None:
 
     Rank 0 probes (cached in the output folder, so a resumed run does not probe again) and tells the
     other ranks, so that every rank stops together."""
-    paths = sorted({p for split in splits for p in split.videos.data.video_paths})
     error = None
     if runtime.is_main:
         try:
-            check_eval_videos(paths, data_cfg, workers=max(args.workers, 1),
+            check_eval_videos(list(splits), data_cfg, workers=max(args.workers, 1),
                               cache_path=os.path.join(args.output_dir, PROBE_CACHE), progress=sys.stderr.isatty())
         except Exception as e:  # any failure: the other ranks must not wait for rank 0 forever
             error = e

@@ -312,14 +312,15 @@ def test_a_fatal_error_is_one_line_in_log_txt(dataset, tmp_path):
     assert "missing.pth" in line and "Traceback" in log
 
 
-def test_an_undecodable_test_video_stops_the_run_before_training(dataset, tmp_path):
+@pytest.mark.parametrize("cache_frames", ["0", "1"])  # 1: the frame cache's own decode finds it
+def test_an_undecodable_test_video_stops_the_run_before_training(dataset, tmp_path, cache_frames):
     broken = tmp_path / "data"
     shutil.copytree(dataset, broken, symlinks=True)
     first_test_row = (broken / "anns" / "MSRVTT_JSFUSION_test.csv").read_text().splitlines()[1]
     victim = next((broken / "videos").glob(first_test_row.split(",")[2] + ".*"))
     victim.write_bytes(victim.read_bytes()[:300])
     out = tmp_path / "run"
-    args = train_args(broken, out, "--do_eval", "1")
+    args = train_args(broken, out, "--do_eval", "1", "--cache_frames", cache_frames)
     with pytest.raises(RuntimeError, match=rf"(?s){victim.name}.*--allow_decode_errors 1"):
         main_module.main(args)
     log = (out / "log.txt").read_text()

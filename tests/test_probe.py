@@ -131,3 +131,31 @@ def test_check_eval_videos_on_an_evaluation_split(tmp_path, clip_file):
     with pytest.raises(UndecodableVideosError, match="1 of 2 evaluation videos") as info:
         check_eval_videos(ev, cfg, workers=1, progress=False)
     assert str(bad) in str(info.value)
+
+
+def test_a_cached_split_is_not_decoded_again_and_its_failures_are_reported(tmp_path, clip_file, count_decodes):
+    """With --cache_frames the cache has already decoded every evaluation frame with the loader's own
+    code: the probe takes its failures and decodes nothing; an uncached split beside it is probed."""
+    write_msrvtt(tmp_path, clip_file)
+    bad = tmp_path / "videos" / "video1.mp4"  # the second test video
+    os.remove(bad)
+    bad.write_bytes(b"not a video")
+    cached = build_eval_dataset(cfg_for(tmp_path, "msrvtt", cache_frames=True), "test")
+    assert list(cached.videos.data.frame_cache.errors) == [1]
+    cfg = cfg_for(tmp_path, "msrvtt")
+    with pytest.raises(UndecodableVideosError, match="1 of 2 evaluation videos") as info:
+        check_eval_videos([cached], cfg, workers=1, progress=False)
+    assert [p for p, _ in info.value.failures] == [str(bad)]
+    assert count_decodes == []  # nothing decoded a second time
+
+    uncached = build_eval_dataset(cfg, "test")
+    with pytest.raises(UndecodableVideosError, match="1 of 2 evaluation videos"):
+        check_eval_videos([cached, uncached], cfg, workers=1, progress=False)
+    assert sorted(p for p, _ in count_decodes) == sorted(uncached.videos.data.video_paths)
+
+    good_video = str(tmp_path / "videos" / "video3.mp4")
+    os.remove(bad)
+    os.symlink(good_video, bad)
+    count_decodes.clear()
+    repaired = build_eval_dataset(cfg_for(tmp_path, "msrvtt", cache_frames=True), "test")
+    assert check_eval_videos([repaired], cfg, workers=1, progress=False) == [] and count_decodes == []

@@ -6,7 +6,8 @@ sample (the same `read_frames` call as the loader, OpenCV fallback included, so 
 the loader will pass too) and returns every failure at once. Passing videos are remembered in a
 JSON cache keyed by path, size, modification time and sampling settings, so a resumed run does not
 probe them again. `check_eval_videos` turns failures into one error (or, with
-allow_decode_errors, one warning).
+allow_decode_errors, one warning); for a split whose frames are cached it takes the failures the
+cache found while decoding, instead of decoding those videos a second time.
 """
 from __future__ import annotations
 
@@ -131,25 +132,42 @@ def _collect(todo, results, passed: dict, failures: dict, sampling: str, bar) ->
 
 def check_eval_videos(eval_data, cfg: DataConfig, workers: int = 4, cache_path: str | None = None,
                       progress: bool = True) -> list[tuple[str, str]]:
-    """Probe every video of an evaluation split before training starts.
+    """Check every video of the evaluation splits before training starts.
 
-    eval_data: an EvalData (build_eval_dataset), a RetrievalSplit, or a list of video paths.
+    eval_data: an EvalData (build_eval_dataset), a RetrievalSplit, a list of video paths, or a list of
+    EvalData / RetrievalSplit (validation and test). A split with a frame cache (--cache_frames) is not
+    decoded again: building the cache decoded exactly the frames evaluation reads, with the loader's
+    own code, and kept every failure. The other videos are probed (`probe_videos`).
     Raises UndecodableVideosError listing every failing file, unless cfg.allow_decode_errors:
     then logs the same list as a warning (those videos will count as never retrieved).
-    Returns the failures, (path, reason) each.
+    Returns the failures, (path, reason) each, in the order of the videos.
     """
-    if hasattr(eval_data, "videos"):  # EvalData
-        paths = eval_data.videos.data.video_paths
-    elif hasattr(eval_data, "video_paths"):  # RetrievalSplit
-        paths = eval_data.video_paths
-    else:
-        paths = list(eval_data)
-    failures = probe_videos(paths, cfg, workers=workers, cache_path=cache_path, progress=progress)
+    sources = eval_data if isinstance(eval_data, (list, tuple)) else [eval_data]
+    paths: list[str] = []  # every evaluation video, in order
+    to_probe: list[str] = []
+    reasons: dict[str, str] = {}  # path -> why it cannot be decoded
+    for source in sources:
+        split = source.videos.data if hasattr(source, "videos") else source  # EvalData -> RetrievalSplit
+        if not hasattr(split, "video_paths"):  # a path
+            paths.append(os.fspath(split))
+            to_probe.append(paths[-1])
+            continue
+        paths += split.video_paths
+        cache = getattr(split, "frame_cache", None)
+        if cache is None:
+            to_probe += split.video_paths
+        else:
+            reasons.update((split.video_paths[v], reason) for v, reason in cache.errors.items())
+    reasons.update(probe_videos(to_probe, cfg, workers=workers, cache_path=cache_path, progress=progress))
+    unique = list(dict.fromkeys(paths))
+    failures = [(path, reasons[path]) for path in unique if path in reasons]
     if not failures:
-        logger.info("video probe: all %d evaluation videos decode", len(set(paths)))
+        cached = len(unique) - len(set(to_probe))
+        logger.info("video probe: all %d evaluation videos decode%s", len(unique),
+                    f" ({cached} checked when the frame cache decoded them)" if cached else "")
         return failures
     listing = "\n".join(f"  {path}: {_short(reason)}" for path, reason in failures)
-    head = f"{len(failures)} of {len(set(paths))} evaluation videos cannot be decoded:\n{listing}\n"
+    head = f"{len(failures)} of {len(unique)} evaluation videos cannot be decoded:\n{listing}\n"
     if cfg.allow_decode_errors:
         logger.warning("%sWith --allow_decode_errors they count as never retrieved.", head)
         return failures
