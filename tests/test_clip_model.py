@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tvr.models import module_clip
-from tvr.models.module_clip import (CLIP, SCRATCH_CONFIGS, ResidualAttentionBlock, build_model, infer_config,
-                                    load_clip)
+from tvr.models.module_clip import (CLIP, SCRATCH_CONFIGS, QuickGELU, ResidualAttentionBlock, build_model,
+                                    infer_config, load_clip)
 
 SOT, EOT = 49406, 49407
 TOL = 1e-5
@@ -298,3 +298,20 @@ def test_cuda_half_and_autocast_agree_with_fp32():
     for got, ref in zip(autocast + half, want + want):
         cosine = torch.nn.functional.cosine_similarity(got.float().cpu(), ref, dim=-1)
         assert cosine.min() > 0.99
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_quick_gelu_is_clips_function_and_keeps_one_tensor_for_backward(dtype):
+    """CLIP's x * sigmoid(1.702 x), value and hand-derived gradient, with a single saved tensor (the
+    formula as written keeps two: x and the sigmoid)."""
+    x = torch.cat([torch.randn(500, dtype=dtype) * 3, torch.tensor([-100.0, -20.0, 0.0, 20.0, 100.0], dtype=dtype)])
+    leaf = x.clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = QuickGELU()(leaf)
+    sig = torch.sigmoid(1.702 * x)
+    torch.testing.assert_close(y, x * sig)
+    g = torch.randn_like(x)
+    y.backward(g)
+    torch.testing.assert_close(leaf.grad, g * (sig + 1.702 * x * sig * (1 - sig)))
+    assert len({t.untyped_storage().data_ptr() for t in saved}) == 1
