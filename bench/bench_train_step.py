@@ -22,14 +22,18 @@ from tvr.models.module_clip import QuickGELU, load_clip
 from tvr.utils.optim import build_optimizer, build_param_groups
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, run in interleaved rounds (a machine that slows down mid-run
+    slows every function alike), after one warm-up call each."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def saved_activation_bytes(model: torch.nn.Module, forward) -> int:
@@ -90,9 +94,8 @@ def main() -> None:
     def optimizer_step():
         optimizer.step()
 
-    bare = timed(bare_step, args.repeats)
-    full = timed(model_step, args.repeats)
-    opt = timed(optimizer_step, args.repeats)
+    medians = timed({"bare": bare_step, "model": model_step, "optimizer": optimizer_step}, args.repeats)
+    bare, full, opt = medians["bare"], medians["model"], medians["optimizer"]
     print(f"encoder {args.encoder}, batch {args.batch} x {args.frames} frames at {res}px, {args.words} words, "
           f"{torch.get_num_threads()} threads, device cpu")
     print(f"bare CLIP encoders forward+backward: {bare:.3f} s")
