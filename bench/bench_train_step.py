@@ -53,7 +53,7 @@ def saved_activation_bytes(model: torch.nn.Module, forward) -> int:
 
 
 def quick_gelu_as_written(self, x):
-    """QuickGELU as CLIP's code writes it: three kernels each way, and autograd keeps x and the sigmoid."""
+    """QuickGELU as CLIP's code writes it: autograd keeps both x and the sigmoid."""
     return x * torch.sigmoid(1.702 * x)
 
 
