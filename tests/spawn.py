@@ -1,4 +1,5 @@
 """Helpers for tests that start several processes on this machine (gloo on the loopback address)."""
+import faulthandler
 import socket
 import time
 
@@ -12,11 +13,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _traced(rank: int, worker, *args) -> None:
+    """Run ``worker`` with Python's fault handler on, so a worker killed by a signal (a crash in native
+    code) prints every thread's Python stack to stderr; torch's exception then only says which signal."""
+    faulthandler.enable()
+    worker(rank, *args)
+
+
 def run_spawned(worker, args: tuple, nprocs: int, timeout_s: float) -> None:
     """``worker(rank, *args)`` in ``nprocs`` fresh processes; fail the test (killing them) if they hang."""
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    ctx = mp.start_processes(_traced, args=(worker,) + tuple(args), nprocs=nprocs, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
