@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from tvr.dataloaders import DataConfig, VideoDecodeError, build_eval_dataset, build_train_dataset
 from tvr.dataloaders.frame_cache import build_frame_cache, frames_to_cache
 from tvr.dataloaders.synthetic import generate
+from tvr.models.tokenization_clip import tokenize
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,41 @@ def test_cached_items_equal_decoded_items(dataset, jitter):
     for seed in (0, 1):  # two "epochs": different jitter draws, both served from the cache
         for a, b in zip(items(plain, seed), items(cached, seed)):
             assert torch.equal(a["video"], b["video"]) and torch.equal(a["video_mask"], b["video_mask"])
-            assert torch.equal(a["text_ids"], b["text_ids"])
+            assert torch.equal(a["text_ids"], b["text_ids"]) and torch.equal(a["text_mask"], b["text_mask"])
     if jitter:  # the draws really differ between epochs
         assert not all(torch.equal(a["video"], b["video"]) for a, b in zip(items(cached, 0), items(cached, 1)))
+
+
+class CountingTokenizer:
+    """CLIP's BPE, recording how many captions each call tokenizes."""
+
+    def __init__(self):
+        self.calls = []
+
+    def tokenize(self, texts, max_words):
+        self.calls.append(len(texts))
+        return tokenize(texts, max_words)
+
+
+def test_cached_split_tokenizes_its_captions_once_up_front(dataset):
+    tok = CountingTokenizer()
+    cached = build_train_dataset(cfg_for(dataset, cache_frames=True), tokenizer=tok)
+    queries = build_eval_dataset(cfg_for(dataset, cache_frames=True), "test", tokenizer=tok).texts
+    tok.calls.clear()  # building counts the long captions and tokenizes every caption once
+    plain = build_train_dataset(cfg_for(dataset))
+    for _ in range(2):  # epochs
+        for i in range(len(cached)):
+            assert torch.equal(cached[i]["text_ids"], plain[i]["text_ids"])
+        for i in range(len(queries)):
+            assert queries[i]["text_ids"].dtype == torch.long
+    assert tok.calls == []
+    uncached = build_train_dataset(cfg_for(dataset), tokenizer=tok)
+    tok.calls.clear()
+    uncached[0]
+    assert tok.calls == [1]  # without the cache a caption is tokenized when its item is loaded
+    item = cached[0]
+    item["text_ids"].zero_()  # an item owns its tensors: writing to one leaves the table intact
+    assert torch.equal(cached[0]["text_ids"], plain[0]["text_ids"])
 
 
 def test_cache_holds_only_the_sampled_frames_without_jitter(dataset):

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_switch(g, "--drop_missing_videos", "drop pairs whose video file is missing instead of stopping")
     _add_switch(g, "--allow_decode_errors", "evaluation: score undecodable videos as never retrieved and report them instead of stopping")
     _add_switch(g, "--decode_resize", "decode MP4/MOV videos directly at the resize size when that at least halves the pixels (0: always full-size frames, then resize)", default=True)
-    _add_switch(g, "--cache_frames", "decode each video once per run into shared memory instead of once per epoch (small datasets)")
+    _add_switch(g, "--cache_frames", "decode each video (into shared memory) and tokenize each caption once per run instead of once per epoch (small datasets)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=5, help="training epochs")

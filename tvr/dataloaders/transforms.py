@@ -82,10 +82,12 @@ class FrameTransform:
         """uint8 T x 3 x R x R -> float32, (x / 255 - mean) / std, contiguous.
 
         The same operations in the same order as torchvision's ToDtype(scale=True) + Normalize
-        (identical bytes), written out to skip their per-call dispatch.
+        (identical bytes), written out to skip their per-call dispatch; the conversion to float and
+        the scaling share one pass (the uint8 values are exact in float32, and both multiply in float32).
         """
-        x = frames.to(torch.float32, memory_format=torch.contiguous_format)
-        return x.mul_(1.0 / 255).sub_(self._mean).div_(self._std)
+        x = torch.empty(frames.shape, dtype=torch.float32, device=frames.device)  # contiguous, whatever the input's layout
+        torch.mul(frames, 1.0 / 255, out=x)
+        return x.sub_(self._mean).div_(self._std)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.resize_crop(frames))
