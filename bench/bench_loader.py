@@ -297,6 +297,8 @@ def main(argv=None):
     p.add_argument("--max_frames", type=int, default=12)
     p.add_argument("--decode_threads", type=int, default=1)
     args = p.parse_args(argv)
+    if not set(args.cache_modes.split(",")) <= {"0", "1"}:
+        p.error(f"--cache_modes takes 0 and/or 1, comma-separated; got {args.cache_modes!r}")
     sections = set(args.section.split(","))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -321,7 +323,7 @@ def main(argv=None):
                                      "720p, key frame every 12": short_gop_copy(bunny, tmp)}, args.repeats)
         if "cache" in sections:
             print("frame cache, synthetic default:")
-            modes = tuple(bool(int(m)) for m in args.cache_modes.split(","))
+            modes = tuple(m == "1" for m in args.cache_modes.split(","))
             results += bench_cache(tmp, args.workers, args.epochs, modes)
         if "consumption" in sections:
             print("loader vs model at the ViT-B/32 training shape:")
