@@ -1,13 +1,15 @@
-"""The library versions a run used, written to log.txt and eval_results.json.
+"""The library versions and CPU a run used, written to log.txt and eval_results.json.
 
 Results of the same code can differ between machines when a library changes underneath it (a video
-encoder, BLAS kernels), so every run records what it ran with.
+encoder, BLAS kernels) and between CPU models with the same libraries (MKL and oneDNN size their
+blocking to the CPU), so every run records what it ran with and on.
 """
 from __future__ import annotations
 
 import platform
 from importlib import metadata
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Optional
 
 import torch
 
@@ -24,4 +26,25 @@ def package_versions() -> Dict[str, str]:
             continue
     versions["cuda"] = torch.version.cuda or "none"
     versions["torch_threads"] = str(torch.get_num_threads())
+    versions["cpu"] = cpu_description()
+    versions["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return versions
+
+
+def cpu_description(cpuinfo: Optional[str] = None) -> str:
+    """'model name (family F model M stepping S)' from /proc/cpuinfo; virtual machines often hide the
+    model name ("AMD EPYC"), and the family and model numbers still tell the CPU generations apart."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        if not path.exists():
+            return platform.processor() or platform.machine()
+        cpuinfo = path.read_text(errors="replace")
+    fields: Dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model", "stepping") if key in fields]
+    return f"{name} ({', '.join(numbers)})" if numbers else name
