@@ -1,8 +1,8 @@
 """The library versions and CPU a run used, written to log.txt and eval_results.json.
 
 Results of the same code can differ between machines when a library changes underneath it (a video
-encoder, BLAS kernels) and between CPU models with the same libraries (MKL and oneDNN size their
-blocking to the CPU), so every run records what it ran with and on.
+encoder, BLAS kernels) and between CPU models with the same libraries (the math libraries choose
+kernels and blocking per CPU), so every run records what it ran with and on.
 """
 from __future__ import annotations
 
