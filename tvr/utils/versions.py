@@ -32,15 +32,13 @@ def package_versions() -> Dict[str, str]:
 
 
 def cpu_description(cpuinfo: Optional[str] = None) -> str:
-    """'model name (family F model M stepping S)' from /proc/cpuinfo; virtual machines often hide the
-    model name ("AMD EPYC"), and the family and model numbers still tell the CPU generations apart."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        if not path.exists():
-            return platform.processor() or platform.machine()
+    """'<model name> (cpu family F, model M, stepping S)' from /proc/cpuinfo; virtual machines often hide
+    the model name ("AMD EPYC"), and the family and model numbers still tell the CPU generations apart."""
+    path = Path("/proc/cpuinfo")
+    if cpuinfo is None and path.exists():
         cpuinfo = path.read_text(errors="replace")
     fields: Dict[str, str] = {}
-    for line in cpuinfo.splitlines():
+    for line in (cpuinfo or "").splitlines():
         if not line.strip():
             break  # the first processor's block is enough
         key, _, value = line.partition(":")
