@@ -28,7 +28,7 @@ from tvr.engine.model_io import build_model, stored_config
 from tvr.engine.trainer import BEST, PROBE_CACHE, TrainOptions, clear_previous_run, fit, prepare_output_dir
 from tvr.options import explicit_flags, parse_args
 from tvr.utils.checkpoint import atomic_save_json, extract_state_dict, load_checkpoint, load_model_weights
-from tvr.utils.launch import cleanup_distributed, setup_distributed
+from tvr.utils.launch import cleanup_distributed, end_process, setup_distributed
 from tvr.utils.logger import log_args, setup_logging
 from tvr.utils.versions import package_versions
 
@@ -188,7 +188,9 @@ def run(args, argv, runtime, replaced=()) -> dict:
 if __name__ == "__main__":
     try:
         main()
+        status = 0
     except KeyboardInterrupt:
-        sys.exit(130)
+        status = 130
     except Exception:  # already logged, with its traceback in log.txt
-        sys.exit(1)
+        status = 1
+    end_process(status)

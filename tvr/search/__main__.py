@@ -160,4 +160,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..utils.launch import end_process
+    end_process(main())
