@@ -66,7 +66,7 @@ def end_process(status: int) -> NoReturn:
     down. A worker that then frees the last reference to a tensor of an earlier collective (the
     final barrier holds the evaluation's gather) needs the GIL, which a finalising interpreter no
     longer grants: the process aborts ("terminate called without an active exception", SIGABRT)
-    after all its work is done (3 of about 130 two-process CPU training runs on a busy 2-core
+    after all its work is done (3 of about 170 two-process CPU training runs on a busy 2-core
     machine), and the launcher reports the run as failed. Without the teardown there is nothing left to race. Everything the project
     writes is complete by then (checkpoints and results are written atomically; the logs are
     flushed here). A single process exits normally."""
