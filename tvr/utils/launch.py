@@ -67,9 +67,9 @@ def end_process(status: int) -> NoReturn:
     final barrier holds the evaluation's gather) needs the GIL, which a finalising interpreter no
     longer grants: the process aborts ("terminate called without an active exception", SIGABRT)
     after all its work is done (3 of about 170 two-process CPU training runs on a busy 2-core
-    machine), and the launcher reports the run as failed. Without the teardown there is nothing left to race. Everything the project
-    writes is complete by then (checkpoints and results are written atomically; the logs are
-    flushed here). A single process exits normally."""
+    machine), and the launcher reports the run as failed. Without the teardown there is nothing
+    left to race. Everything the project writes is complete by then (checkpoints and results are
+    written atomically; the logs and streams are flushed here). A single process exits normally."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         sys.exit(status)
     logging.shutdown()
