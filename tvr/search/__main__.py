@@ -14,6 +14,7 @@ import os
 import sys
 
 from ..options import _bool
+from ..utils.launch import end_process
 from .ann_config import AnnBuildConfig, AnnSearchConfig
 
 logger = logging.getLogger("tvr.search")
@@ -160,5 +161,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ..utils.launch import end_process
     end_process(main())
